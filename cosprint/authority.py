@@ -1,0 +1,78 @@
+"""The domain's authoritative state: current master and epoch, kept in the ledger DB.
+
+A node's designation file is its copy; where the two disagree, this one wins. COSprint
+reads it at start (and while it runs) so that a node with a stale epoch never serves
+as master, whatever the timing.
+"""
+
+from __future__ import annotations
+
+import time
+
+from sqlalchemy import Column, Engine, Float, Integer, MetaData, String, Table, select, update
+from sqlalchemy.exc import IntegrityError
+
+from cosprint.designation import Designation
+from cosprint.errors import StaleEpochError
+
+metadata = MetaData()
+
+domain_state = Table(
+    "domain_state",
+    metadata,
+    Column("domain", String(40), primary_key=True),
+    Column("master", String(40), nullable=False),
+    Column("epoch", Integer, nullable=False),
+    Column("updated_at", Float, nullable=False),
+)
+
+
+def read(engine: Engine, domain: str) -> Designation | None:
+    with engine.connect() as conn:
+        row = conn.execute(
+            select(domain_state.c.master, domain_state.c.epoch).where(
+                domain_state.c.domain == domain
+            )
+        ).first()
+    return Designation(row.master, row.epoch) if row else None
+
+
+def initialise(engine: Engine, domain: str, master: str) -> Designation:
+    """Record epoch 1 with the domain file's master, unless a state already exists."""
+    metadata.create_all(engine)
+    try:
+        with engine.begin() as conn:
+            conn.execute(
+                domain_state.insert().values(
+                    domain=domain, master=master, epoch=1, updated_at=time.time()
+                )
+            )
+    except IntegrityError:
+        pass
+    current = read(engine, domain)
+    assert current is not None
+    return current
+
+
+def advance(engine: Engine, domain: str, expected: Designation, new: Designation) -> Designation:
+    """Compare-and-set: move from `expected` to `new`; idempotent when already at `new`."""
+    if new.epoch <= expected.epoch:
+        raise ValueError(f"new epoch {new.epoch} must be above {expected.epoch}")
+    with engine.begin() as conn:
+        result = conn.execute(
+            update(domain_state)
+            .where(
+                domain_state.c.domain == domain,
+                domain_state.c.master == expected.master,
+                domain_state.c.epoch == expected.epoch,
+            )
+            .values(master=new.master, epoch=new.epoch, updated_at=time.time())
+        )
+    if result.rowcount == 1:
+        return new
+    current = read(engine, domain)
+    if current == new:
+        return new
+    raise StaleEpochError(
+        f"domain {domain!r} is at {current}, not {expected}: cannot move to {new}"
+    )
