@@ -216,7 +216,9 @@ def import_snapshot(
     return manifest
 
 
-def trial_restore(snapshot: Path, scratch_dir: Path, *, domain: str, min_epoch: int = 0) -> Manifest:
+def trial_restore(
+    snapshot: Path, scratch_dir: Path, *, domain: str, min_epoch: int = 0
+) -> Manifest:
     """Restore into a scratch database and compare its rows with the manifest."""
     scratch = scratch_dir / (snapshot.name + ".trial.db")
     try:

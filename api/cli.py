@@ -1,0 +1,284 @@
+"""`cosfail`: the operator's command line (DESIGN section 6). Thin: it parses, calls
+workflows, and prints. Exit codes: 0 done, 1 the operation failed (recorded, resumable),
+2 bad input or refused (nothing changed).
+"""
+
+from __future__ import annotations
+
+import getpass
+import json
+import os
+import sys
+from collections.abc import Callable
+from functools import wraps
+from pathlib import Path
+from typing import Annotated, Any, Literal
+
+import typer
+from rich.console import Console
+
+from cosprint.domain import Domain, load_domain
+from cosprint.errors import CosfailError
+
+app = typer.Typer(add_completion=False, no_args_is_help=True,
+                  help="cosfail: failover for COSprint print domains.")
+local_app = typer.Typer(no_args_is_help=True, help="Run the whole domain on this machine.")
+app.add_typer(local_app, name="local")
+
+out = Console()
+err = Console(stderr=True)
+
+DomainOpt = Annotated[
+    Path | None,
+    typer.Option("--domain", "-d", help="domain file (default $COSFAIL_DOMAIN, ./domain.toml)"),
+]
+JsonOpt = Annotated[bool, typer.Option("--json", help="one JSON document on stdout")]
+WaitOpt = Annotated[bool, typer.Option("--wait", help="show each step live; exit by outcome")]
+ReasonOpt = Annotated[str, typer.Option("--reason", help="why (recorded in the run)")]
+
+EXIT_FAILED, EXIT_REFUSED = 1, 2
+
+
+def refuse(message: str) -> typer.Exit:
+    err.print(f"cosfail: {message}", markup=False, highlight=False, soft_wrap=True)
+    return typer.Exit(EXIT_REFUSED)
+
+
+def guarded(fn: Callable[..., Any]) -> Callable[..., Any]:
+    """Turn every cosfail error into one line on stderr and exit code 2."""
+
+    @wraps(fn)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        from workers.app import BrokerUnreachable
+
+        try:
+            return fn(*args, **kwargs)
+        except (CosfailError, BrokerUnreachable) as exc:
+            raise refuse(str(exc)) from None
+
+    return wrapper
+
+
+def emit(data: Any) -> None:
+    sys.stdout.write(json.dumps(data, indent=1, default=str) + "\n")
+
+
+def who() -> str:
+    return f"cli:{getpass.getuser()}"
+
+
+def _domain(path: Path | None) -> Domain:
+    return load_domain(path)
+
+
+def _engine(path: Path | None, need_broker: bool = True):  # type: ignore[no-untyped-def]
+    from workers.app import check_broker, configure
+    from workflows.engine import Engine
+
+    domain = _domain(path)
+    configure(domain)
+    if need_broker:
+        check_broker(domain.broker_url)
+    return Engine(domain)
+
+
+# ----- set-up ---------------------------------------------------------------------------
+@app.command("init-demo")
+@guarded
+def init_demo(
+    directory: Path,
+    servers: int = 1,
+    bcs: int = 1,
+    clients: int = 2,
+    objects: int = 1000,
+    coverage: Annotated[str, typer.Option(help="one|each")] = "one",
+    broker: Annotated[str | None, typer.Option(help="broker URL")] = None,
+) -> None:
+    """Write DIR/domain.toml and every node's home, with realistic objects."""
+    from cosprint.demo import init_demo as make
+
+    if coverage not in ("one", "each"):
+        raise refuse(f"--coverage must be one or each, not {coverage!r}")
+    path = make(directory, servers=servers, bcs=bcs, clients=clients, objects=objects,
+                coverage=coverage, broker=broker)  # type: ignore[arg-type]
+    out.print(f"wrote {path}")
+
+
+@app.command()
+@guarded
+def check(domain: DomainOpt = None, as_json: JsonOpt = False) -> None:
+    """Validate the domain file and summarise it."""
+    d = _domain(domain)
+    summary = {"domain": d.control.name, "file": str(d.path),
+               "nodes": {n.name: n.role for n in d.spec.node}, "master": d.initial_master,
+               "coverage": {c.bcs: c.servers for c in d.spec.coverage}}
+    if as_json:
+        emit(summary)
+    else:
+        out.print(f"{d.path}: valid; {len(d.nodes)} nodes, master {d.initial_master}")
+
+
+@app.command()
+@guarded
+def worker(
+    node: Annotated[str | None, typer.Option(help="the node this worker serves")] = None,
+    control: Annotated[bool, typer.Option(help="serve the control queue")] = False,
+    domain: DomainOpt = None,
+    concurrency: int = 4,
+) -> None:
+    """Run one node's worker (or the control worker)."""
+    if bool(node) == control:
+        raise refuse("give exactly one of --node NAME or --control")
+    d = _domain(domain)
+    if node:
+        d.node(node)
+    from workers.runner import run_worker
+
+    run_worker(d, node, concurrency)
+
+
+# ----- runs -----------------------------------------------------------------------------
+def _finish(eng, run_id: str, wait: bool, as_json: bool, state: str = "running") -> None:  # type: ignore[no-untyped-def]
+    from api import view
+
+    if not wait:
+        if as_json:
+            emit({"run_id": run_id, "state": state})
+        else:
+            out.print(f"run {run_id}: {state}")
+        return
+    run = view.follow(eng, run_id, out, quiet=as_json)
+    if as_json:
+        emit(view.run_json(eng, run_id))
+    raise typer.Exit(0 if run["state"] == "succeeded" else EXIT_FAILED)
+
+
+@app.command()
+@guarded
+def backup(domain: DomainOpt = None, wait: WaitOpt = False, as_json: JsonOpt = False,
+           reason: ReasonOpt = "on demand") -> None:
+    """A backup run now."""
+    from workflows.backup import start_backup
+
+    eng = _engine(domain)
+    run_id, state = start_backup(eng, who(), reason)
+    if state == "skipped":
+        raise refuse(f"backup skipped: {eng.ledger.run(run_id)['reason']}")
+    _finish(eng, run_id, wait, as_json)
+
+
+@app.command()
+@guarded
+def runs(domain: DomainOpt = None, limit: int = 20, as_json: JsonOpt = False) -> None:
+    """The latest runs."""
+    from api import view
+
+    eng = _engine(domain, need_broker=False)
+    rows = eng.ledger.runs(limit)
+    if as_json:
+        emit(rows)
+    else:
+        out.print(view.runs_table(rows))
+
+
+@app.command()
+@guarded
+def run(run_id: str, domain: DomainOpt = None, as_json: JsonOpt = False) -> None:
+    """One run with its steps."""
+    from api import view
+
+    eng = _engine(domain, need_broker=False)
+    eng.reap_lost_steps(run_id)
+    if as_json:
+        emit(view.run_json(eng, run_id))
+    else:
+        out.print(view.run_table(eng, run_id))
+
+
+@app.command()
+@guarded
+def resume(run_id: str, domain: DomainOpt = None, wait: WaitOpt = False,
+           as_json: JsonOpt = False) -> None:
+    """Resume a failed run from its failed step."""
+    eng = _engine(domain)
+    from workflows.liveness import alive_workers
+
+    eng.reap_lost_steps(run_id, alive=alive_workers())
+    idx = eng.resume(run_id)
+    if not as_json:
+        out.print(f"run {run_id}: resumed from step {idx}")
+    _finish(eng, run_id, wait, as_json)
+
+
+# ----- local ----------------------------------------------------------------------------
+@local_app.command("up")
+@guarded
+def local_up(domain: DomainOpt = None,
+             services: Annotated[bool, typer.Option(help="also beat, API, Flower")] = True
+             ) -> None:
+    """Start broker (if none answers), workers, COSprint per node, beat, API, Flower."""
+    from workers.app import configure
+    from workers.local import LocalDomain
+
+    d = _domain(domain)
+    configure(d)
+    LocalDomain(d).up(with_services=services)
+    out.print(f"domain {d.control.name} is up ({len(d.nodes)} nodes)")
+
+
+@local_app.command("down")
+@guarded
+def local_down(domain: DomainOpt = None) -> None:
+    """Stop everything `local up` started."""
+    from workers.local import LocalDomain
+
+    LocalDomain(_domain(domain)).down()
+    out.print("stopped")
+
+
+@local_app.command("status")
+@guarded
+def local_status(domain: DomainOpt = None, as_json: JsonOpt = False) -> None:
+    """Every local component with pid, state and URL."""
+    from workers.local import LocalDomain
+
+    rows = LocalDomain(_domain(domain)).status()
+    if as_json:
+        emit(rows)
+        return
+    for r in rows:
+        out.print(f"{r['name']:<22} {r['state']:<5} pid {r['pid']!s:<8} {r['url']}")
+
+
+@local_app.command("kill")
+@guarded
+def local_kill(node: str, domain: DomainOpt = None) -> None:
+    """Simulate losing NODE: SIGKILL its worker and its COSprint."""
+    from workers.local import LocalDomain
+
+    d = _domain(domain)
+    d.node(node)
+    LocalDomain(d).kill(node)
+    out.print(f"killed {node}")
+
+
+@local_app.command("revive")
+@guarded
+def local_revive(node: str, domain: DomainOpt = None) -> None:
+    """Bring NODE's worker back (its restart-check decides what COSprint does)."""
+    from workers.local import LocalDomain
+
+    d = _domain(domain)
+    d.node(node)
+    LocalDomain(d).revive(node)
+    out.print(f"revived {node}")
+
+
+def main() -> None:
+    app()
+
+
+if __name__ == "__main__":
+    main()
+
+__all__ = ["app", "main", "Literal", "os"]

@@ -1,0 +1,67 @@
+"""How runs look to an operator: tables, JSON, live progress."""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+
+from rich.console import Console
+from rich.live import Live
+from rich.table import Table
+
+STATE_STYLE = {"succeeded": "green", "failed": "bold red", "running": "yellow",
+               "queued": "cyan", "skipped": "magenta", "refused": "red", "retrying": "yellow"}
+
+
+def _t(ts: float | None) -> str:
+    return time.strftime("%H:%M:%S", time.localtime(ts)) if ts else ""
+
+
+def _dur(a: float | None, b: float | None) -> str:
+    return f"{(b - a) * 1000:.0f} ms" if a and b else ""
+
+
+def runs_table(rows: list[dict[str, Any]]) -> Table:
+    t = Table("run", "workflow", "state", "by", "created", "took", "error")
+    for r in rows:
+        style = STATE_STYLE.get(r["state"], "")
+        t.add_row(r["id"], r["workflow"], f"[{style}]{r['state']}[/]", r["triggered_by"],
+                  _t(r["created_at"]), _dur(r["created_at"], r["finished_at"]),
+                  r.get("error") or "")
+    return t
+
+
+def steps_table(run: dict[str, Any], steps: list[Any]) -> Table:
+    t = Table("#", "step", "node", "state", "try", "took", "outcome / error",
+              title=f"run {run['id']} ({run['workflow']}): {run['state']}")
+    for s in steps:
+        style = STATE_STYLE.get(s.state, "")
+        name = ("  " if s.member else "") + s.name
+        t.add_row(str(s.idx), name, s.node or "control", f"[{style}]{s.state}[/]",
+                  str(s.attempt), _dur(s.started_at, s.finished_at),
+                  s.error or s.outcome or "")
+    return t
+
+
+def run_table(eng: Any, run_id: str) -> Table:
+    return steps_table(eng.ledger.run(run_id), eng.ledger.steps(run_id))
+
+
+def run_json(eng: Any, run_id: str) -> dict[str, Any]:
+    run = eng.ledger.run(run_id)
+    return {**run, "steps": [s.as_json() for s in eng.ledger.steps(run_id)]}
+
+
+def follow(eng: Any, run_id: str, console: Console, quiet: bool = False,
+           timeout: float = 900.0) -> dict[str, Any]:
+    """Show the run's steps live until it ends; returns the run."""
+    from workflows.engine import wait_for
+
+    if quiet:
+        return wait_for(eng, run_id, timeout)
+    with Live(run_table(eng, run_id), console=console, refresh_per_second=10) as live:
+        run = wait_for(eng, run_id, timeout,
+                       on_change=lambda r, s: live.update(steps_table(r, s)))
+    if run.get("error"):
+        console.print(f"[bold red]{run['error']}[/]")
+    return run

@@ -1,0 +1,714 @@
+"""`cosprintd`: the reference COSprint service, one real process per node.
+
+It serves HTTP on 127.0.0.1:<node.port>, accepts print jobs into its spool, prints them
+into per-printer sink files, and forwards jobs for queues other nodes host. Its role is
+decided from the node's designation file *and* the authoritative state in the ledger: a
+node whose epoch is older than the domain's never acts as master (DESIGN invariant 2).
+That decision is re-made before every act that matters (accepting or printing a job,
+claiming a printing role in /status), not only on a timer, so split brain is impossible
+by construction rather than by timing.
+
+    python -m cosprint.daemon --domain PATH --node NAME
+
+Startup is on the failover critical path: only stdlib, SQLAlchemy and the domain model
+are imported here (no Celery, no HTTP client library).
+"""
+
+from __future__ import annotations
+
+import argparse
+import http.client
+import json
+import logging
+import os
+import re
+import signal
+import sys
+import threading
+import time
+import urllib.error
+import urllib.request
+import uuid
+from dataclasses import dataclass, field
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+from typing import Any
+
+from sqlalchemy import Engine, create_engine, select
+from sqlalchemy.engine import make_url
+from sqlalchemy.pool import NullPool
+
+from cosprint import authority, designation, tables
+from cosprint.designation import Designation
+from cosprint.domain import Domain, load_domain
+from cosprint.errors import CosfailError, DriverError
+from cosprint.fsutil import atomic_write_bytes, fsync_dir
+
+log = logging.getLogger("cosprintd")
+
+# Paths inside a node's home; the driver uses the same constants.
+PIDFILE = Path("var/cosprintd.pid")
+LOGFILE = Path("var/log/cosprintd.log")
+SINK_DIR = Path("var/sink")
+REJECTED_DIR = Path("var/spool-rejected")
+JOB_SUFFIX = ".job"
+
+MASTER, SERVER, SLAVE, STALE, UNVERIFIED = "master", "server", "slave", "stale", "unverified"
+PRINTING_ROLES = frozenset({MASTER, SERVER})
+
+TICK = 0.5  # seconds between background re-checks of designation and authority
+RECOUNT_EVERY = 10  # ticks between recounts of hosted objects (a GROUP BY on 6 tables)
+PRINTER_POLL = 0.2  # seconds; also picks up spool files dropped in by others
+FORWARD_TIMEOUT = 5.0
+MAX_HOPS = 3  # forwards between nodes whose tables disagree must not loop forever
+MAX_BODY = 32 * 1024 * 1024
+_JOB_ID_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,99}$")
+_UNSAFE_FILENAME = re.compile(r"[^A-Za-z0-9._-]")
+
+# Loopback traffic must never go through an http_proxy from the environment.
+_OPENER = urllib.request.build_opener(urllib.request.ProxyHandler({}))
+
+
+# ----- role decision (pure) ------------------------------------------------------------
+def decide_role(
+    node: str,
+    designation: Designation | None,
+    authority: Designation | None,
+    *,
+    hosts_objects: bool,
+    designation_error: str | None = None,
+    authority_error: str | None = None,
+) -> tuple[str, str]:
+    """The role `node` may serve in, and why.
+
+    `designation` is the node's own copy (None when missing or malformed, with
+    `designation_error` saying which); `authority` is the ledger's state (None when it
+    cannot be read or was never initialised, with `authority_error`).
+
+    - master: the designation names the node and equals the authority exactly;
+    - stale: the node's epoch is unknown, older than, or disagrees with the authority's:
+      it refuses jobs for objects it hosts until restart-check or reclaim fixes it;
+    - unverified: the authority cannot be read, and the node would otherwise be master
+      or host objects: it must not print, but this is transient, not a reclaim;
+    - server / slave: epoch confirmed; hosts objects or not.
+    """
+    if designation is None:
+        why = designation_error or "no designation file"
+        return STALE, f"{node}: {why}; epoch unknown, restart-check or reclaim needed"
+    if authority is None:
+        why = authority_error or "no authoritative state in the ledger"
+        if designation.master == node or hosts_objects:
+            return UNVERIFIED, (
+                f"{node}: cannot verify designation {designation} against the authority "
+                f"({why}); not printing"
+            )
+        return SLAVE, f"{node}: authority unreadable ({why}); slave on designation {designation}"
+    if designation.epoch < authority.epoch:
+        return STALE, (
+            f"{node}: designation {designation} is older than the authority's {authority}; "
+            "reclaim needed"
+        )
+    if designation != authority:
+        return STALE, f"{node}: designation {designation} disagrees with authority {authority}"
+    if designation.master == node:
+        return MASTER, f"{node}: designated master at epoch {authority.epoch}, confirmed"
+    if hosts_objects:
+        return SERVER, f"{node}: hosts objects; master is {authority}"
+    return SLAVE, f"{node}: hosts nothing; master is {authority}"
+
+
+# ----- small helpers shared with the reference driver ----------------------------------
+def pidfile_path(domain: Domain, node: str) -> Path:
+    return domain.home(node) / PIDFILE
+
+
+def log_path(domain: Domain, node: str) -> Path:
+    return domain.home(node) / LOGFILE
+
+
+def read_pid(path: Path) -> int | None:
+    try:
+        return int(path.read_text().strip())
+    except (FileNotFoundError, ValueError):
+        return None
+
+
+def is_cosprintd(pid: int, node: str, domain_file: Path | None = None) -> bool:
+    """True if `pid` is a live cosprintd of `node` (not a zombie, not a reused pid).
+
+    With `domain_file`, a process started with an absolute --domain must name that file:
+    two domains on one machine may both have a node called srv1.
+    """
+    try:
+        raw = Path(f"/proc/{pid}/cmdline").read_bytes()
+    except OSError:
+        return False
+    args = raw.decode(errors="replace").split("\0")  # a zombie's cmdline is empty
+    is_daemon = "cosprint.daemon" in args or any(a.endswith("/cosprintd") for a in args)
+    opts = dict(zip(args, args[1:], strict=False))
+    if not is_daemon or opts.get("--node") != node:
+        return False
+    other = opts.get("--domain", "")
+    return domain_file is None or not os.path.isabs(other) or Path(other) == domain_file
+
+
+def spool_job(spool: Path, job: dict[str, Any]) -> Path:
+    """Write one job into `spool` atomically (temp name, fsync, rename)."""
+    path = spool / f"{job['job_id']}{JOB_SUFFIX}"
+    atomic_write_bytes(path, json.dumps(job).encode())
+    return path
+
+
+def list_spool(spool: Path) -> list[Path]:
+    """Complete job files, oldest first (a `.part` file is a write still in progress)."""
+    try:
+        entries = [p for p in spool.iterdir() if p.name.endswith(JOB_SUFFIX)]
+    except FileNotFoundError:
+        return []
+    return sorted(entries, key=_mtime_or_zero)
+
+
+def _mtime_or_zero(p: Path) -> float:
+    try:
+        return p.stat().st_mtime
+    except FileNotFoundError:  # printed by another node sharing the spool meanwhile
+        return 0.0
+
+
+def _ledger_engine(url: str) -> Engine:
+    backend = make_url(url).get_backend_name()
+    if backend == "sqlite":
+        # A fresh connection per read: a replaced ledger file is seen at once.
+        return create_engine(url, poolclass=NullPool)
+    if backend.startswith("postgresql"):
+        return create_engine(url, pool_pre_ping=True, connect_args={"connect_timeout": 2})
+    return create_engine(url, pool_pre_ping=True)
+
+
+def _tables_engine(url: str) -> Engine:
+    tables.open_tables(url).dispose()  # creates the schema on a fresh node
+    if make_url(url).get_backend_name() == "sqlite":
+        # A fresh connection per query: a snapshot imported by renaming a new file over
+        # the tables is seen at once, even while the service runs.
+        return create_engine(url, poolclass=NullPool, connect_args={"timeout": 10})
+    return create_engine(url, pool_pre_ping=True)
+
+
+def _sqlite_path(url: str) -> Path | None:
+    u = make_url(url)
+    if u.get_backend_name() != "sqlite" or not u.database or u.database == ":memory:":
+        return None
+    return Path(u.database)
+
+
+# ----- the role keeper -----------------------------------------------------------------
+@dataclass
+class RoleState:
+    role: str
+    reason: str
+    designation: Designation | None
+    authority: Designation | None
+    hosted: int
+    read_at: float = field(default=0.0)
+
+
+class RoleKeeper:
+    """Reads designation + authority and decides the role; cheap enough to call per job."""
+
+    def __init__(self, domain: Domain, node: str, tables_engine: Engine) -> None:
+        self.domain = domain
+        self.node = node
+        self.tables_engine = tables_engine
+        self.ledger = _ledger_engine(domain.ledger_url)
+        self._ledger_file = _sqlite_path(domain.ledger_url)
+        self._designation_path = domain.home(node) / designation.DESIGNATION
+        self._lock = threading.Lock()
+        self._hosted: int | None = None
+        self.state = RoleState(STALE, f"{node}: not decided yet", None, None, 0)
+
+    def count_hosted(self) -> int:
+        with self.tables_engine.connect() as conn:
+            return tables.hosted_counts(conn).get(self.node, 0)
+
+    def _read_designation(self) -> tuple[Designation | None, str | None]:
+        try:
+            return designation.read(self._designation_path), None
+        except CosfailError as exc:
+            return None, str(exc)
+
+    def _read_authority(self) -> tuple[Designation | None, str | None]:
+        if self._ledger_file is not None and not self._ledger_file.exists():
+            # Connecting would create an empty ledger file as a side effect.
+            return None, f"ledger {self._ledger_file} not found"
+        try:
+            current = authority.read(self.ledger, self.domain.control.name)
+        except Exception as exc:  # any DB failure means "cannot verify", never "master"
+            return None, f"ledger unreadable: {type(exc).__name__}"
+        if current is None:
+            return None, f"no authoritative state for domain {self.domain.control.name!r}"
+        return current, None
+
+    def refresh(self, recount: bool = False) -> RoleState:
+        """Re-read everything now, store the result unless a newer read already won."""
+        read_at = time.monotonic()
+        desig, desig_err = self._read_designation()
+        if recount or self._hosted is None or desig != self.state.designation:
+            self._hosted = self.count_hosted()
+        auth, auth_err = self._read_authority()
+        role, reason = decide_role(
+            self.node,
+            desig,
+            auth,
+            hosts_objects=self._hosted > 0,
+            designation_error=desig_err,
+            authority_error=auth_err,
+        )
+        new = RoleState(role, reason, desig, auth, self._hosted, read_at)
+        with self._lock:
+            old = self.state
+            if read_at >= old.read_at:
+                self.state = new
+        changed = (old.role, old.reason) != (new.role, new.reason)
+        if changed and old.read_at and read_at >= old.read_at:  # serve() logs the first
+            level = logging.WARNING if new.role not in PRINTING_ROLES else logging.INFO
+            log.log(level, "role %s -> %s: %s", old.role, new.role, new.reason)
+        return new
+
+    def verified(self) -> RoleState:
+        """The role to act on: freshly re-checked if the cache claims a printing role."""
+        state = self.state
+        if state.role in PRINTING_ROLES:
+            return self.refresh()
+        return state
+
+    def run(self, stop: threading.Event) -> None:
+        ticks = 0
+        while not stop.wait(TICK):
+            ticks += 1
+            try:
+                self.refresh(recount=ticks % RECOUNT_EVERY == 0)
+            except Exception:
+                # Never leave a stale "master" behind a failing check.
+                with self._lock:
+                    self.state = RoleState(
+                        UNVERIFIED,
+                        f"{self.node}: role check failed",
+                        None,
+                        None,
+                        0,
+                        time.monotonic(),
+                    )
+                log.exception("role check failed on %s", self.node)
+
+
+# ----- the service ---------------------------------------------------------------------
+class Service:
+    """One node's COSprint: spool, printer thread, role keeper, job routing."""
+
+    def __init__(self, domain: Domain, node: str, stop: threading.Event) -> None:
+        self.domain = domain
+        self.node = node
+        self.home = domain.home(node)
+        self.spool = domain.spool_dir(node)
+        self.sink_dir = self.home / SINK_DIR
+        self.tables_engine = _tables_engine(domain.tables_url(node))
+        self.keeper = RoleKeeper(domain, node, self.tables_engine)
+        self.up_since = time.time()
+        self.stop_event = stop
+        self.wake = threading.Event()
+        self._accept_lock = threading.Lock()
+        self._count_lock = threading.Lock()
+        self._counts = {"accepted": 0, "forwarded": 0, "refused": 0}  # since this start
+        self.printed: set[str] = set()
+
+    # ----- lookups ---------------------------------------------------------------------
+    def queue_route(self, queue: str) -> tuple[str, str] | None:
+        """(host, printer name) of `queue` in this node's tables, None if unknown."""
+        q, p = tables.queues, tables.printers
+        stmt = select(q.c.host, p.c.name).join(p, q.c.printer_id == p.c.id).where(q.c.name == queue)
+        with self.tables_engine.connect() as conn:
+            row = conn.execute(stmt).first()
+        return (row[0], row[1]) if row else None
+
+    def count(self, what: str) -> None:
+        with self._count_lock:
+            self._counts[what] += 1
+
+    def status(self) -> dict[str, Any]:
+        s = self.keeper.verified()
+        d = s.designation
+        return {
+            "node": self.node,
+            "role": s.role,
+            "master": d.master if d else "",
+            "epoch": d.epoch if d else 0,
+            "hosted": s.hosted,
+            "up_since": self.up_since,
+            "pid": os.getpid(),
+            "reason": s.reason,
+            "authority": str(s.authority) if s.authority else None,
+        }
+
+    def job_counts(self) -> dict[str, Any]:
+        return {
+            "node": self.node,
+            **dict(self._counts),
+            "printed": len(self.printed),
+            "pending": len(list_spool(self.spool)),
+        }
+
+    # ----- accepting jobs --------------------------------------------------------------
+    def submit(self, body: dict[str, Any], hops: int) -> tuple[int, dict[str, Any]]:
+        """Route one job: spool it here, forward it to its host, or refuse it."""
+        queue, data, job_id = body.get("queue"), body.get("data", ""), body.get("job_id")
+        if not isinstance(queue, str) or not queue:
+            return 400, {"error": f"{self.node}: a job needs a 'queue' (string)"}
+        if not isinstance(data, str):
+            return 400, {"error": f"{self.node}: 'data' must be a string"}
+        if job_id is None:
+            job_id = uuid.uuid4().hex  # chosen before forwarding, so retries stay one job
+        if not isinstance(job_id, str) or not _JOB_ID_RE.match(job_id):
+            return 400, {"error": f"{self.node}: job_id must match {_JOB_ID_RE.pattern}"}
+        route = self.queue_route(queue)
+        if route is None:
+            return 404, {"error": f"{self.node}: unknown queue {queue!r}"}
+        host, _printer = route
+        if host != self.node:
+            return self.forward(host, {"queue": queue, "data": data, "job_id": job_id}, hops)
+        return self.accept(queue, data, job_id)
+
+    def accept(self, queue: str, data: str, job_id: str) -> tuple[int, dict[str, Any]]:
+        state = self.keeper.refresh()  # acting as host: the authority is checked right now
+        if state.role not in PRINTING_ROLES:
+            self.count("refused")
+            if state.role == UNVERIFIED:
+                return 503, {"error": state.reason, "retriable": True}
+            return 409, {
+                "error": f"{self.node}: stale epoch, reclaim needed",
+                "reason": state.reason,
+                "retriable": False,
+            }
+        answer = {"job_id": job_id, "printed_by": self.node}
+        with self._accept_lock:
+            path = self.spool / f"{job_id}{JOB_SUFFIX}"
+            if job_id in self.printed or path.exists():
+                return 202, {**answer, "duplicate": True}  # a client retry: still one job
+            job = {
+                "job_id": job_id,
+                "queue": queue,
+                "data": data,
+                "accepted_by": self.node,
+                "accepted_at": time.time(),
+            }
+            spool_job(self.spool, job)
+            self.count("accepted")
+        log.info("accepted job %s for queue %s", job_id, queue)
+        self.wake.set()
+        return 202, answer
+
+    def forward(self, host: str, job: dict[str, Any], hops: int) -> tuple[int, dict[str, Any]]:
+        if hops >= MAX_HOPS:
+            return 508, {
+                "error": f"{self.node}: job for {job['queue']!r} forwarded {hops} "
+                "times; the nodes' tables disagree on its host"
+            }
+        if host not in self.domain.nodes:
+            return 502, {
+                "error": f"{self.node}: queue {job['queue']!r} is hosted by "
+                f"{host!r}, which the domain does not declare"
+            }
+        url = self.domain.service_url(host) + "/jobs"
+        req = urllib.request.Request(
+            url,
+            data=json.dumps(job).encode(),
+            headers={"Content-Type": "application/json", "X-COSprint-Hops": str(hops + 1)},
+            method="POST",
+        )
+        try:
+            with _OPENER.open(req, timeout=FORWARD_TIMEOUT) as resp:
+                code, answer = resp.status, json.loads(resp.read() or b"{}")
+        except urllib.error.HTTPError as exc:
+            code, answer = exc.code, _json_or_text(exc.read())
+        except (OSError, ValueError, http.client.HTTPException) as exc:
+            why = getattr(exc, "reason", exc)
+            return 503, {
+                "error": f"{self.node}: host {host} of queue {job['queue']!r} is "
+                f"unreachable at {url}: {why}",
+                "retriable": True,
+            }
+        if code < 300:
+            self.count("forwarded")
+            log.info("forwarded job %s to %s", job["job_id"], host)
+        return code, answer
+
+    # ----- printing --------------------------------------------------------------------
+    def load_printed(self) -> None:
+        """Job ids already in this node's sinks: a replayed spool file is not reprinted."""
+        for sink in sorted(self.sink_dir.glob("*.log")):
+            with open(sink, encoding="utf-8", errors="replace") as f:
+                for line in f:
+                    try:
+                        self.printed.add(json.loads(line)["job_id"])
+                    except (ValueError, KeyError, TypeError):
+                        continue  # a torn last line from a crash mid-append
+
+    def print_loop(self) -> None:
+        while not self.stop_event.is_set():
+            try:
+                self.print_pending()
+            except Exception:
+                log.exception("printer of %s failed; retrying", self.node)
+                self.stop_event.wait(1.0)
+            self.wake.wait(PRINTER_POLL)
+            self.wake.clear()
+
+    def print_pending(self) -> None:
+        files = list_spool(self.spool)
+        if not files or self.keeper.verified().role not in PRINTING_ROLES:
+            return
+        for path in files:
+            if self.stop_event.is_set() or self.keeper.state.role not in PRINTING_ROLES:
+                return  # a stop or a demotion lets the current print finish, no more
+            self.print_one(path)
+
+    def print_one(self, path: Path) -> None:
+        try:
+            job = json.loads(path.read_bytes())
+            job_id, queue = job["job_id"], job["queue"]
+        except FileNotFoundError:
+            return  # taken by the other node of a shared spool
+        except (ValueError, KeyError, TypeError):
+            self.reject(path, "not a job file")
+            return
+        route = self.queue_route(queue)
+        if route is None:
+            self.reject(path, f"unknown queue {queue!r}")
+            return
+        host, printer = route
+        if host != self.node:
+            return  # another node hosts it (shared spool): not ours to print
+        if job_id in self.printed:
+            log.info("job %s was printed before a crash; removing its spool file", job_id)
+        else:
+            self.append_to_sink(printer, job)
+        # Append first, unlink second: a crash in between replays into the check above.
+        path.unlink(missing_ok=True)
+        fsync_dir(path.parent)
+
+    def append_to_sink(self, printer: str, job: dict[str, Any]) -> None:
+        line = {
+            "job_id": job["job_id"],
+            "queue": job["queue"],
+            "printer": printer,
+            "node": self.node,
+            "time": time.time(),
+            "bytes": len(job.get("data", "")),
+        }
+        self.sink_dir.mkdir(parents=True, exist_ok=True)
+        sink = self.sink_dir / f"{_UNSAFE_FILENAME.sub('_', printer)}.log"
+        with open(sink, "a", encoding="utf-8") as f:
+            f.write(json.dumps(line) + "\n")
+            f.flush()
+            os.fsync(f.fileno())
+        self.printed.add(job["job_id"])
+        log.info("printed job %s on %s", job["job_id"], printer)
+
+    def reject(self, path: Path, why: str) -> None:
+        """Set an unprintable spool file aside; never delete it."""
+        dest = self.home / REJECTED_DIR / path.name
+        dest.parent.mkdir(parents=True, exist_ok=True)
+        try:
+            os.replace(path, dest)
+        except FileNotFoundError:
+            return
+        log.error("spool file %s set aside in %s: %s", path.name, dest.parent, why)
+
+
+def _json_or_text(raw: bytes) -> dict[str, Any]:
+    try:
+        answer = json.loads(raw)
+    except ValueError:
+        return {"error": raw.decode(errors="replace")[:500]}
+    return answer if isinstance(answer, dict) else {"error": str(answer)}
+
+
+# ----- HTTP ----------------------------------------------------------------------------
+class Handler(BaseHTTPRequestHandler):
+    server: CosprintServer
+    server_version = "cosprintd/0.1"
+
+    def do_GET(self) -> None:  # noqa: N802 (http.server's naming)
+        svc = self.server.service
+        if self.path == "/status":
+            self.reply(200, svc.status())
+        elif self.path == "/jobs":
+            self.reply(200, svc.job_counts())
+        else:
+            self.reply(404, {"error": f"{svc.node}: no such path {self.path!r}"})
+
+    def do_POST(self) -> None:  # noqa: N802
+        svc = self.server.service
+        if self.path != "/jobs":
+            self.reply(404, {"error": f"{svc.node}: no such path {self.path!r}"})
+            return
+        body = self.read_json()
+        if body is None:
+            return
+        try:
+            hops = int(self.headers.get("X-COSprint-Hops", "0"))
+        except ValueError:
+            hops = MAX_HOPS
+        try:
+            code, answer = svc.submit(body, hops)
+        except Exception:
+            log.exception("job submission failed on %s", svc.node)
+            code, answer = (
+                500,
+                {"error": f"{svc.node}: internal error (see its log)", "retriable": True},
+            )
+        self.reply(code, answer)
+
+    def read_json(self) -> dict[str, Any] | None:
+        node = self.server.service.node
+        try:
+            length = int(self.headers.get("Content-Length", ""))
+        except ValueError:
+            self.reply(411, {"error": f"{node}: Content-Length required"})
+            return None
+        if length > MAX_BODY:
+            self.reply(413, {"error": f"{node}: job larger than {MAX_BODY} bytes"})
+            return None
+        try:
+            body = json.loads(self.rfile.read(length))
+        except ValueError:
+            body = None
+        if not isinstance(body, dict):
+            self.reply(400, {"error": f"{node}: body must be a JSON object"})
+            return None
+        return body
+
+    def reply(self, code: int, body: dict[str, Any]) -> None:
+        raw = json.dumps(body).encode()
+        self.send_response(code)
+        self.send_header("Content-Type", "application/json")
+        self.send_header("Content-Length", str(len(raw)))
+        self.end_headers()
+        self.wfile.write(raw)
+
+    def log_request(self, code: int | str = "-", size: int | str = "-") -> None:
+        # /status is polled many times a second; only failed requests are worth a line.
+        code = getattr(code, "value", code)
+        if isinstance(code, int) and code >= 400:
+            log.info("%s %r -> %d", self.client_address[0], self.requestline, code)
+
+    def log_message(self, format: str, *args: Any) -> None:  # noqa: A002
+        log.info("%s %s", self.client_address[0], format % args)
+
+
+class CosprintServer(ThreadingHTTPServer):
+    daemon_threads = False  # a graceful stop lets in-flight requests finish
+    block_on_close = True
+
+    def __init__(self, service: Service, port: int) -> None:
+        self.service = service
+        super().__init__(("127.0.0.1", port), Handler)
+
+
+# ----- process lifecycle ---------------------------------------------------------------
+def _setup_logging(path: Path, node: str) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fmt = logging.Formatter(f"%(asctime)s cosprintd[%(process)d] {node} %(levelname)s %(message)s")
+    handlers: list[logging.Handler] = [logging.FileHandler(path)]
+    if sys.stderr.isatty():  # the driver sends stderr to the same file: avoid doubles
+        handlers.append(logging.StreamHandler())
+    for h in handlers:
+        h.setFormatter(fmt)
+        log.addHandler(h)
+    log.setLevel(logging.INFO)
+
+
+def _refuse_if_running(path: Path, domain: Domain, node: str) -> None:
+    other = read_pid(path)
+    if other and other != os.getpid() and is_cosprintd(other, node, domain.path):
+        raise DriverError(f"node {node}: cosprintd already running as pid {other}")
+
+
+def _release_pidfile(path: Path) -> None:
+    if read_pid(path) == os.getpid():
+        path.unlink(missing_ok=True)
+
+
+def _bind(service: Service, port: int) -> CosprintServer:
+    try:
+        return CosprintServer(service, port)  # binds now: a busy port fails fast
+    except OSError as exc:
+        raise DriverError(
+            f"node {service.node}: cannot listen on 127.0.0.1:{port}: {exc.strerror or exc}"
+        ) from None
+
+
+def serve(domain: Domain, node: str) -> int:
+    """Run the service until SIGTERM/SIGINT; returns the exit status."""
+    port = domain.node(node).port
+    pidfile = pidfile_path(domain, node)
+    stop = threading.Event()
+    for sig in (signal.SIGTERM, signal.SIGINT):  # first: a stop during startup is graceful
+        signal.signal(sig, lambda *_: stop.set())
+    _refuse_if_running(pidfile, domain, node)
+    service = Service(domain, node, stop)
+    server = _bind(service, port)
+    try:
+        # Written only once the port is ours: of two racing starts, the loser never
+        # touches the winner's pidfile.
+        atomic_write_bytes(pidfile, f"{os.getpid()}\n".encode())
+        service.spool.mkdir(parents=True, exist_ok=True)
+        service.load_printed()
+        state = service.keeper.refresh(recount=True)  # decided before the first answer
+        log.info("started on 127.0.0.1:%d as %s: %s", port, state.role, state.reason)
+        threads = [
+            threading.Thread(target=server.serve_forever, args=(0.1,), name="http", daemon=True),
+            threading.Thread(target=service.keeper.run, args=(stop,), name="role", daemon=True),
+            threading.Thread(target=service.print_loop, name="printer", daemon=True),
+        ]
+        for t in threads:
+            t.start()
+        while not stop.wait(1.0):
+            pass
+        log.info("stopping")
+        server.shutdown()
+        service.wake.set()
+        threads[2].join(timeout=30)  # the printer finishes the job it is on
+    finally:
+        server.server_close()
+        _release_pidfile(pidfile)
+    log.info("stopped")
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="cosprintd", description=__doc__.splitlines()[0])
+    parser.add_argument("--domain", "-d", default=None, help="domain.toml")
+    parser.add_argument("--node", required=True, help="this node's name")
+    args = parser.parse_args(argv)
+    try:
+        domain = load_domain(args.domain)
+        domain.node(args.node)
+    except CosfailError as exc:
+        print(f"cosprintd: {exc}", file=sys.stderr)
+        return 2
+    _setup_logging(log_path(domain, args.node), args.node)
+    try:
+        return serve(domain, args.node)
+    except CosfailError as exc:
+        log.error("%s", exc)
+        print(f"cosprintd: {exc}", file=sys.stderr)
+        return 1
+    except OSError as exc:
+        msg = f"node {args.node}: {exc}"
+        log.error("%s", msg)
+        print(f"cosprintd: {msg}", file=sys.stderr)
+        return 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

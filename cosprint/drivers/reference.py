@@ -1,0 +1,307 @@
+"""The reference driver: COSprint as a real local `cosprintd` process with SQLite tables.
+
+Every workflow runs for real on one machine through it. The process is found through
+its pidfile, and a pid is trusted only when /proc says it is a cosprintd of this node:
+a stale pidfile or a pid reused by another program is never signalled.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import threading
+import time
+import urllib.error
+import urllib.request
+from pathlib import Path
+from typing import Any
+
+import cosprint
+from cosprint import designation, tables
+from cosprint import snapshot as snapshots
+from cosprint.daemon import (
+    is_cosprintd,
+    list_spool,
+    log_path,
+    pidfile_path,
+    read_pid,
+)
+from cosprint.designation import Designation
+from cosprint.domain import Domain
+from cosprint.driver import ServiceStatus
+from cosprint.errors import DriverError
+
+START_TIMEOUT = 10.0
+STATUS_TIMEOUT = 0.5
+KILL_WAIT = 5.0
+_POLL = 0.02
+
+# Loopback traffic must never go through an http_proxy from the environment.
+_OPENER = urllib.request.build_opener(urllib.request.ProxyHandler({}))
+
+# Children this process spawned, so they are reaped rather than left as zombies.
+_children: dict[int, subprocess.Popen[bytes]] = {}
+_children_lock = threading.Lock()
+
+
+def _reap() -> None:
+    with _children_lock:
+        for pid, proc in list(_children.items()):
+            if proc.poll() is not None:
+                del _children[pid]
+
+
+class ReferenceDriver:
+    """Drives one node's cosprintd; every method is safe to call again."""
+
+    def __init__(self, domain: Domain, node_name: str) -> None:
+        domain.node(node_name)  # an unknown node fails here, naming it
+        self.domain = domain
+        self.node = node_name
+        self.home = domain.home(node_name)
+        self.pidfile = pidfile_path(domain, node_name)
+        self.log_path = log_path(domain, node_name)
+        self.url = domain.service_url(node_name)
+        self.tables_url = domain.tables_url(node_name)
+
+    # ----- the process -----------------------------------------------------------------
+    def pid(self) -> int | None:
+        """The pid of this node's running cosprintd, or None."""
+        _reap()
+        pid = read_pid(self.pidfile)
+        if pid is not None and self._is_ours(pid):
+            return pid
+        # A pidfile removed by hand must not hide a running service from stop().
+        report = self.report()
+        pid = report.get("pid") if report else None
+        if isinstance(pid, int) and self._is_ours(pid):
+            return pid
+        return None
+
+    def start(self, timeout: float = START_TIMEOUT) -> None:
+        """Start cosprintd unless it already runs; return once it answers /status."""
+        pid = self.pid()
+        if pid is not None:
+            if self._wait_answer(pid, timeout):
+                return
+            raise DriverError(
+                f"node {self.node}: cosprintd pid {pid} runs but does not answer at "
+                f"{self.url} (see {self.log_path})"
+            )
+        proc = self._spawn()
+        if self._wait_answer(proc.pid, timeout, proc):
+            return
+        code = proc.poll()
+        if code is None:
+            self._terminate(proc.pid, 2.0)  # half-started: leave no orphan behind
+            why = f"did not answer at {self.url} within {timeout:g} s"
+        else:
+            why = f"exited with status {code}"
+        raise DriverError(
+            f"node {self.node}: cosprintd {why} (see {self.log_path}): {self._log_tail()}"
+        )
+
+    def stop(self, timeout: float = 10.0) -> bool:
+        """SIGTERM, then SIGKILL after `timeout`; True if it was running."""
+        pid = self.pid()
+        if pid is None:
+            self._clear_stale_pidfile()
+            return False
+        self._terminate(pid, timeout)
+        return True
+
+    def kill(self) -> bool:
+        """SIGKILL, as a lost node: the pidfile stays behind, as after a real crash."""
+        pid = self.pid()
+        if pid is None:
+            return False
+        self._signal(pid, signal.SIGKILL)
+        if not self._wait_gone(pid, KILL_WAIT):
+            raise DriverError(f"node {self.node}: cosprintd pid {pid} survived SIGKILL")
+        return True
+
+    def _spawn(self) -> subprocess.Popen[bytes]:
+        self.log_path.parent.mkdir(parents=True, exist_ok=True)
+        env = dict(os.environ)
+        # The child must import this very cosprint, installed or not.
+        root = str(Path(cosprint.__file__).resolve().parent.parent)
+        env["PYTHONPATH"] = os.pathsep.join(filter(None, [root, env.get("PYTHONPATH")]))
+        argv = [
+            sys.executable,
+            "-m",
+            "cosprint.daemon",
+            "--domain",
+            str(self.domain.path),
+            "--node",
+            self.node,
+        ]
+        with open(self.log_path, "ab") as out:
+            # An argument list, no shell: the node name and paths are never interpreted.
+            proc = subprocess.Popen(  # noqa: S603
+                argv,
+                stdin=subprocess.DEVNULL,
+                stdout=out,
+                stderr=subprocess.STDOUT,
+                cwd=self.home,
+                env=env,
+                start_new_session=True,  # survives the caller's terminal and signals
+                close_fds=True,
+            )
+        with _children_lock:
+            _children[proc.pid] = proc
+        return proc
+
+    def _wait_answer(
+        self, pid: int, timeout: float, proc: subprocess.Popen[bytes] | None = None
+    ) -> bool:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            st = self.status()
+            if st is not None and st.pid == pid:
+                return True
+            if proc is not None and proc.poll() is not None:
+                return False
+            if proc is None and not self._is_ours(pid):
+                return False
+            time.sleep(_POLL)
+        return False
+
+    def _terminate(self, pid: int, timeout: float) -> None:
+        self._signal(pid, signal.SIGTERM)
+        if not self._wait_gone(pid, timeout):
+            self._signal(pid, signal.SIGKILL)
+            if not self._wait_gone(pid, KILL_WAIT):
+                raise DriverError(f"node {self.node}: cosprintd pid {pid} survived SIGKILL")
+        self._clear_stale_pidfile()
+
+    def _is_ours(self, pid: int) -> bool:
+        return is_cosprintd(pid, self.node, self.domain.path)
+
+    def _signal(self, pid: int, sig: signal.Signals) -> None:
+        try:
+            os.kill(pid, sig)
+        except ProcessLookupError:
+            pass
+
+    def _wait_gone(self, pid: int, timeout: float) -> bool:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            _reap()
+            if not self._is_ours(pid):
+                return True
+            time.sleep(_POLL)
+        return False
+
+    def _clear_stale_pidfile(self) -> None:
+        pid = read_pid(self.pidfile)
+        if pid is not None and not self._is_ours(pid):
+            self.pidfile.unlink(missing_ok=True)
+
+    def _log_tail(self, limit: int = 300) -> str:
+        try:
+            lines = self.log_path.read_text(errors="replace").strip().splitlines()
+        except OSError:
+            return "no log"
+        return (lines[-1] if lines else "empty log")[-limit:]
+
+    # ----- the service's HTTP interface ------------------------------------------------
+    def report(self) -> dict[str, Any] | None:
+        """The raw /status document (with the role's reason), or None."""
+        body = self._get("/status")
+        if body is None or body.get("node") != self.node:
+            return None  # not answering, or another node's service on this port
+        return body
+
+    def status(self) -> ServiceStatus | None:
+        body = self.report()
+        if body is None:
+            return None
+        try:
+            return ServiceStatus(
+                node=body["node"],
+                role=body["role"],
+                master=body["master"],
+                epoch=int(body["epoch"]),
+                hosted=int(body["hosted"]),
+                up_since=float(body["up_since"]),
+                pid=int(body["pid"]),
+            )
+        except (KeyError, TypeError, ValueError):
+            return None
+
+    def jobs(self) -> dict[str, Any] | None:
+        """Job counts (accepted, forwarded, refused since start; printed; pending)."""
+        return self._get("/jobs")
+
+    def submit(
+        self, queue: str, data: str, job_id: str | None = None, timeout: float = 10.0
+    ) -> tuple[int, dict[str, Any]]:
+        """POST one job to this node's COSprint: (HTTP status, answer)."""
+        job: dict[str, Any] = {"queue": queue, "data": data}
+        if job_id is not None:
+            job["job_id"] = job_id
+        req = urllib.request.Request(
+            self.url + "/jobs",
+            data=json.dumps(job).encode(),
+            headers={"Content-Type": "application/json"},
+            method="POST",
+        )
+        try:
+            with _OPENER.open(req, timeout=timeout) as resp:
+                return resp.status, json.loads(resp.read())
+        except urllib.error.HTTPError as exc:
+            return exc.code, _json_dict(exc.read())
+        except (OSError, ValueError) as exc:
+            raise DriverError(
+                f"node {self.node}: cannot submit a job to {self.url}: {exc}"
+            ) from None
+
+    def _get(self, path: str) -> dict[str, Any] | None:
+        try:
+            with _OPENER.open(self.url + path, timeout=STATUS_TIMEOUT) as resp:
+                body = json.loads(resp.read())
+        except Exception:  # down, refused, timed out, garbled: all mean "no answer"
+            return None
+        return body if isinstance(body, dict) else None
+
+    # ----- data ------------------------------------------------------------------------
+    def export_snapshot(self, dest: Path, epoch: int, domain: str) -> snapshots.Manifest:
+        return snapshots.export_snapshot(
+            self.tables_url, dest, domain=domain, epoch=epoch, source=self.node
+        )
+
+    def import_snapshot(self, snapshot: Path, min_epoch: int, domain: str) -> snapshots.Manifest:
+        return snapshots.import_snapshot(
+            snapshot, self.tables_url, domain=domain, min_epoch=min_epoch
+        )
+
+    def rehost(self, old_host: str, new_host: str) -> dict[str, int]:
+        with tables.connect(self.tables_url) as conn:  # one transaction for all six tables
+            return tables.rehost(conn, old_host, new_host)
+
+    def read_designation(self) -> Designation | None:
+        return designation.read(self.home / designation.DESIGNATION)
+
+    def write_designation(self, d: Designation) -> None:
+        designation.write(self.home / designation.DESIGNATION, d)
+
+    def read_last_running(self) -> Designation | None:
+        return designation.read(self.home / designation.LAST_RUNNING)
+
+    def write_last_running(self, d: Designation) -> None:
+        designation.write(self.home / designation.LAST_RUNNING, d)
+
+    def spool_paths(self) -> list[Path]:
+        """Complete job files in the spool, oldest first (temporary `.part` files left out)."""
+        return list_spool(self.domain.spool_dir(self.node))
+
+
+def _json_dict(raw: bytes) -> dict[str, Any]:
+    try:
+        body = json.loads(raw)
+    except ValueError:
+        return {"error": raw.decode(errors="replace")[:500]}
+    return body if isinstance(body, dict) else {"error": str(body)}

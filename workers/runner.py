@@ -1,0 +1,38 @@
+"""Running a worker process: its queue, its journal, and what it checks on start."""
+
+from __future__ import annotations
+
+import logging
+import os
+
+from celery.signals import worker_ready
+
+from cosprint.domain import Domain
+from workers.app import CONTROL_QUEUE, configure, node_queue
+from workers.step import Journal, use_journal
+
+log = logging.getLogger("cosfail.worker")
+
+
+def run_worker(domain: Domain, node: str | None, concurrency: int = 4,
+               on_ready: list | None = None) -> None:  # type: ignore[type-arg]
+    """Serve `node.<node>` (or `control`) until stopped."""
+    os.environ["COSFAIL_DOMAIN"] = str(domain.path)
+    os.environ["COSFAIL_NODE"] = node or ""
+    app = configure(domain)
+    # The ledger implements the journal; importing it here keeps workers free of it.
+    from workflows.runtime import journal_for, on_worker_start
+
+    journal: Journal = journal_for(domain)
+    use_journal(journal)
+
+    @worker_ready.connect(weak=False)
+    def _ready(**_kw: object) -> None:
+        on_worker_start(domain, node)
+
+    queue = node_queue(node) if node else CONTROL_QUEUE
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
+    app.worker_main([
+        "worker", "-Q", queue, "-n", f"{node or 'control'}@%h", "-P", "threads",
+        "-c", str(concurrency), "-l", "INFO", "--without-gossip", "--without-mingle", "-E",
+    ])

@@ -1,0 +1,66 @@
+"""Backup: the master's tables, exported, shipped to every BCS, verified, catalogued.
+
+export on the master → ship to each BCS → verify on each BCS (sha256, trial restore)
+→ record in the catalog → prune past retention. Backups never overlap: a trigger
+while one runs is recorded as skipped, with the holder's run id.
+"""
+
+from __future__ import annotations
+
+import time
+
+from cosprint.domain import Domain
+from workers.steps import (
+    ExportTables,
+    PruneBackups,
+    ShipSnapshot,
+    VerifySnapshot,
+    export_tables,
+    prune_backups,
+    ship_snapshot,
+    verify_snapshot,
+)
+from workflows import ledger as L
+from workflows.control import LockInput, RecordBackup, record_backup, release_lock
+from workflows.engine import Do, Each, Engine, Stage
+from workflows.state import current_state
+
+WORKFLOW = "backup"
+
+
+def snapshot_name(domain: str, epoch: int, run_id: str) -> str:
+    stamp = time.strftime("%Y%m%dT%H%M%S", time.gmtime())
+    return f"{domain}-e{epoch}-{stamp}-{run_id}.snap"
+
+
+def backup_stages(domain: Domain, master: str, epoch: int, run_id: str) -> list[Stage]:
+    file = snapshot_name(domain.control.name, epoch, run_id)
+    bcss = [b for b in domain.names("bcs") if domain.covered_servers(b)]
+    return [
+        Do(export_tables, ExportTables(file=file, epoch=epoch), node=master),
+        Each(ship_snapshot, {b: ShipSnapshot(file=file, source=master) for b in bcss}),
+        Each(verify_snapshot, {b: VerifySnapshot(file=file) for b in bcss}),
+        Do(record_backup, RecordBackup(run_id=run_id, verify_idx=2)),
+        Each(prune_backups, {b: PruneBackups(retention=domain.control.retention) for b in bcss},
+             required=False),
+        Do(release_lock, LockInput(run_id=run_id, lock=L.BACKUP_LOCK)),
+    ]
+
+
+def start_backup(eng: Engine, who: str, why: str = "") -> tuple[str, str]:
+    """Record and launch a backup run; returns (run_id, state) — state is `skipped`
+    when another backup holds the lock."""
+    state = current_state(eng)
+    run_id = L.new_run_id()
+    params = {"master": state.master, "epoch": state.epoch}
+    try:
+        eng.ledger.acquire(L.BACKUP_LOCK, run_id, who, eng.domain.control.lock_lease)
+    except L.LockHeld as held:
+        eng.ledger.create_run(WORKFLOW, {**params, "holder": held.holder}, who,
+                              f"skipped: backup run {held.holder} is still running",
+                              [], run_id=run_id, state=L.SKIPPED)
+        return run_id, L.SKIPPED
+    stages = backup_stages(eng.domain, state.master, state.epoch, run_id)
+    eng.create(WORKFLOW, params, who, why, state.epoch, stages, run_id=run_id)
+    eng.launch(run_id)
+    return run_id, L.RUNNING

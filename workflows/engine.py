@@ -1,0 +1,327 @@
+"""Runs: from a workflow's list of stages to a recorded, launched, resumable Celery chain.
+
+A workflow is a list of stages, read top to bottom: `Do` (one step on one node or on
+`control`) and `Each` (the same step fanned out over several nodes, in parallel). The
+engine records every step with its exact JSON input in the ledger, then launches the
+chain; `resume` relaunches from the first step not done, under a new launch number so
+that stray messages of the old launch are dropped.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+from dataclasses import asdict, dataclass, replace
+from typing import Any
+
+from celery import Task, chain
+from celery.canvas import Signature
+
+from cosprint.domain import Domain
+from workers.app import app
+from workers.step import CONTROL, Envelope, Here, Outcome, Superseded, step, worker_id
+from workflows import ledger as L
+from workflows.ledger import Ledger
+
+log = logging.getLogger("cosfail.engine")
+
+
+@dataclass
+class Do:
+    """One step: `task(input)` on `node` (CONTROL for the control queue)."""
+
+    task: Task
+    input: Any
+    node: str = CONTROL
+    epoch: int | None = None
+
+
+@dataclass
+class Each:
+    """The same step on several nodes at once; `inputs` maps node → input.
+
+    `required=False`: a node whose worker does not take the step in time is reported
+    as unreachable and skipped, not waited on (DESIGN invariant 5).
+    """
+
+    task: Task
+    inputs: dict[str, Any]
+    required: bool = True
+    epoch: int | None = None
+
+
+Stage = Do | Each
+
+
+@dataclass(frozen=True)
+class EachInput:
+    """The fan-out step's own input: which stage of the run it fans out."""
+
+    run_id: str
+    idx: int
+
+
+def short_name(task: Task) -> str:
+    return task.name.rsplit(".", 1)[-1]
+
+
+def _row(env: Envelope, task: Task, input: Any, member: bool, required: bool) -> dict[str, Any]:
+    return {
+        "idx": env.index, "node": env.node, "name": env.name, "task": task.name,
+        "queue": env.where if not env.node else f"node.{env.node}",
+        "envelope": asdict(env), "input": asdict(input), "member": member,
+        "required": required,
+    }
+
+
+def plan_rows(run_id: str, workflow: str, epoch: int, stages: list[Stage]) -> list[dict]:
+    rows: list[dict[str, Any]] = []
+    for idx, stage in enumerate(stages):
+        name = short_name(stage.task)
+        ep = stage.epoch if stage.epoch is not None else epoch
+        base = Envelope(run_id=run_id, workflow=workflow, index=idx, name=name,
+                        node=CONTROL, epoch=ep)
+        if isinstance(stage, Do):
+            rows.append(_row(replace(base, node=stage.node), stage.task, stage.input,
+                             member=False, required=True))
+            continue
+        rows.append(_row(replace(base, name=f"{name} (each)"), each_task,
+                         EachInput(run_id=run_id, idx=idx),
+                         member=False, required=True))
+        for node, inp in stage.inputs.items():
+            rows.append(_row(replace(base, node=node, member=True), stage.task, inp,
+                             member=True, required=stage.required))
+    return rows
+
+
+class Engine:
+    """Creates, launches and resumes runs of one domain; implements the step journal."""
+
+    def __init__(self, domain: Domain) -> None:
+        self.domain = domain
+        self.ledger = Ledger(domain.ledger_url, domain.control.name)
+
+    # ----- starting ------------------------------------------------------------------
+    def create(self, workflow: str, params: dict[str, Any], who: str, why: str,
+               epoch: int, stages: list[Stage], run_id: str | None = None) -> str:
+        run_id = run_id or L.new_run_id()
+        rows = plan_rows(run_id, workflow, epoch, stages)
+        return self.ledger.create_run(workflow, params, who, why, rows, run_id=run_id)
+
+    def launch(self, run_id: str, from_idx: int = 0, launch: int | None = None) -> None:
+        """Send the chain of every stage from `from_idx` whose steps are not all done."""
+        run = self.ledger.run(run_id)
+        launch = launch or run["launch"]
+        rows = [r for r in self.ledger.steps(run_id) if r.idx >= from_idx and not r.member]
+        sigs = [self._signature(r, launch) for r in rows if r.state not in L.DONE]
+        if not sigs:
+            self.ledger.set_run_state(run_id, L.SUCCEEDED)
+            return
+        first = min(r.idx for r in rows if r.state not in L.DONE)
+        with self.ledger.tx() as conn:
+            self.ledger.set_run_state(run_id, L.RUNNING, conn=conn)
+            self.ledger.mark_queued(run_id, first, conn=conn)
+        chain(*sigs).apply_async()
+
+    def _signature(self, row: L.StepRow, launch: int) -> Signature:
+        env = {**row.envelope, "launch": launch}
+        task = app.tasks[row.task]
+        opts: dict[str, Any] = {"queue": row.queue}
+        if row.node:
+            opts["expires"] = self.domain.control.step_expires
+        return task.si(run=env, step=row.input).set(**opts)
+
+    def resume(self, run_id: str) -> int:
+        """Relaunch a failed run from its first step not done; returns that step's index."""
+        run = self.ledger.run(run_id)
+        if run["state"] == L.RUNNING:
+            self.reap_lost_steps(run_id)
+            run = self.ledger.run(run_id)
+        if run["state"] != L.FAILED:
+            raise L.LedgerError(f"run {run_id} is {run['state']}, not failed: nothing to resume")
+        pending = [r for r in self.ledger.steps(run_id) if r.state not in L.DONE and not r.member]
+        if not pending:
+            self.ledger.set_run_state(run_id, L.SUCCEEDED)
+            return -1
+        first = pending[0].idx
+        launch = self.ledger.next_launch(run_id)
+        self.launch(run_id, first, launch)
+        return first
+
+    def reap_lost_steps(self, run_id: str | None = None, node: str | None = None,
+                        alive: set[str] | None = None) -> list[str]:
+        """Fail steps whose worker is gone; returns what it found, one line each.
+
+        A step is lost when it is `running` under a worker that is not in `alive`
+        (worker ids), or `queued` past its expiry with no worker taking it.
+        """
+        found = []
+        now = time.time()
+        expires = self.domain.control.step_expires
+        for s in self.ledger.stuck_steps(node):
+            if run_id and s.run_id != run_id:
+                continue
+            if s.state in (L.RUNNING, L.RETRYING) and alive is not None and s.worker not in alive:
+                reason = f"the worker of {s.node or 'control'} ({s.worker}) was lost mid-step"
+            elif s.state == L.QUEUED and s.node and s.queued_at and now - s.queued_at > expires:
+                reason = f"no worker of {s.node} took the step within {expires:g} s"
+            else:
+                continue
+            found.append(f"run {s.run_id} step {s.idx} {s.name} on {s.node}: {reason}")
+            self.ledger.update_step(s.run_id, s.idx, s.node, state=L.FAILED, error=reason,
+                                    finished_at=now)
+            if not s.member:
+                self.ledger.set_run_state(s.run_id, L.FAILED,
+                                          error=f"step {s.idx} {s.name}: {reason}")
+        return found
+
+    # ----- the journal (called by every step, in the worker) ---------------------------
+    def begin(self, env: Envelope, task_id: str, worker: str) -> str | None:
+        with self.ledger.tx() as conn:
+            run = conn.execute(L.runs.select().where(L.runs.c.id == env.run_id)).mappings().first()
+            if run is None:
+                return f"run {env.run_id} is not in the ledger"
+            if run["launch"] != env.launch:
+                raise Superseded(f"launch {env.launch} superseded by {run['launch']}")
+            row = conn.execute(L.steps.select().where(
+                L.steps.c.run_id == env.run_id, L.steps.c.idx == env.index,
+                L.steps.c.node == env.node)).mappings().first()
+            if row is None:
+                return f"run {env.run_id} has no step {env.index} on {env.where}"
+            if row["state"] in L.DONE:
+                raise Superseded(f"step {env.index} {env.name} is already {row['state']}")
+            attempt = row["attempt"] + (0 if row["task_id"] == task_id and
+                                        row["state"] == L.RETRYING else 1)
+            self.ledger.update_step(env.run_id, env.index, env.node, conn=conn,
+                                    state=L.RUNNING, attempt=attempt, task_id=task_id,
+                                    worker=worker, started_at=time.time(), finished_at=None,
+                                    error=None)
+            if run["state"] != L.RUNNING:
+                self.ledger.set_run_state(env.run_id, L.RUNNING, conn=conn)
+            self.ledger.renew(env.run_id, self.domain.control.lock_lease, conn)
+        return None
+
+    def succeed(self, env: Envelope, outcome: Outcome, chained: bool) -> None:
+        with self.ledger.tx() as conn:
+            self.ledger.update_step(env.run_id, env.index, env.node, conn=conn,
+                                    state=L.SUCCEEDED, outcome=outcome.sentence,
+                                    facts=json.dumps(outcome.facts), error=None,
+                                    finished_at=time.time())
+            if env.member:
+                return
+            nxt = conn.execute(
+                L.steps.select().with_only_columns(L.steps.c.idx)
+                .where(L.steps.c.run_id == env.run_id, L.steps.c.idx > env.index)
+                .order_by(L.steps.c.idx).limit(1)).scalar()
+            if nxt is None:
+                self.ledger.set_run_state(env.run_id, L.SUCCEEDED, conn=conn)
+                for lock in (L.HOSTING_LOCK, L.BACKUP_LOCK):
+                    self.ledger.release(lock, env.run_id, conn=conn)
+                return
+            self.ledger.mark_queued(env.run_id, nxt, conn=conn)
+        if not chained:
+            # Applied alone (a retry from Flower): the ledger knows the rest of the chain.
+            log.info("continuing run %s from step %s", env.run_id, nxt)
+            self.launch(env.run_id, nxt, env.launch)
+
+    def fail(self, env: Envelope, error: str, final: bool) -> None:
+        with self.ledger.tx() as conn:
+            self.ledger.update_step(env.run_id, env.index, env.node, conn=conn,
+                                    state=L.FAILED if final else L.RETRYING, error=error,
+                                    finished_at=time.time() if final else None)
+            if final and not env.member:
+                self.ledger.set_run_state(
+                    env.run_id, L.FAILED, conn=conn,
+                    error=f"step {env.index} {env.name} on {env.where}: {error}")
+                # A failed backup frees the schedule; a failed hosting change keeps the
+                # domain locked until it is resumed (or its lease runs out).
+                self.ledger.release(L.BACKUP_LOCK, env.run_id, conn=conn)
+
+
+_engine: Engine | None = None
+
+
+def engine() -> Engine:
+    """The engine of this process's domain (workers: the one their journal uses)."""
+    global _engine
+    from workers.app import current_domain
+
+    if _engine is None:
+        _engine = Engine(current_domain())
+    return _engine
+
+
+class StageFailed(Exception):
+    """A fan-out stage in which a required node failed or never answered."""
+
+
+POLL = 0.01
+
+
+@step("control.each", EachInput)
+def each_task(here: Here, arg: EachInput) -> str:
+    """Fan a stage out over its nodes, wait for each (up to its expiry), report."""
+    eng = engine()
+    led = eng.ledger
+    launch = led.run(arg.run_id)["launch"]
+    members = [r for r in led.steps(arg.run_id) if r.idx == arg.idx and r.member]
+    sent = {}
+    for r in members:
+        if r.state in L.DONE:
+            continue
+        env = {**r.envelope, "launch": launch}
+        res = app.send_task(r.task, kwargs={"run": env, "step": r.input}, queue=r.queue,
+                            expires=eng.domain.control.step_expires)
+        sent[r.node] = res.id
+        led.update_step(r.run_id, r.idx, r.node, state=L.QUEUED, queued_at=time.time(),
+                        error=None, task_id=res.id)
+    expires = eng.domain.control.step_expires
+    start = time.time()
+    while True:
+        rows = {r.node: r for r in led.steps(arg.run_id) if r.idx == arg.idx and r.member}
+        waiting = [r for r in rows.values() if r.state not in (*L.DONE, L.FAILED)]
+        late = [r for r in waiting if r.state == L.QUEUED and time.time() - start > expires]
+        if len(waiting) == len(late):
+            break
+        time.sleep(POLL)
+    for r in late:
+        app.control.revoke(sent.get(r.node) or "", terminate=False)
+        state = L.FAILED if r.required else L.SKIPPED
+        led.update_step(r.run_id, r.idx, r.node, state=state, finished_at=time.time(),
+                        error=f"no worker of {r.node} took the step within {expires:g} s")
+    rows = {r.node: r for r in led.steps(arg.run_id) if r.idx == arg.idx and r.member}
+    done = sorted(n for n, r in rows.items() if r.state == L.SUCCEEDED)
+    skipped = sorted(n for n, r in rows.items() if r.state == L.SKIPPED)
+    failed = {n: r.error for n, r in rows.items() if r.state == L.FAILED}
+    name = members[0].name if members else "step"
+    if failed:
+        detail = "; ".join(f"{n}: {e}" for n, e in sorted(failed.items()))
+        raise StageFailed(f"{name} failed on {len(failed)} node(s): {detail}")
+    text = f"{name} done on {len(done)} node(s) ({', '.join(done)})"
+    if skipped:
+        text += f"; unreachable, skipped: {', '.join(skipped)}"
+    return text
+
+
+def wait_for(eng: Engine, run_id: str, timeout: float = 600.0, poll: float = 0.05,
+             on_change=None) -> dict[str, Any]:  # type: ignore[no-untyped-def]
+    """Poll the ledger until the run finishes; `on_change(run, steps)` on every change."""
+    deadline = time.time() + timeout
+    last = None
+    while True:
+        eng.reap_lost_steps(run_id)
+        run = eng.ledger.run(run_id)
+        steps = eng.ledger.steps(run_id)
+        snap = (run["state"], tuple((s.idx, s.node, s.state) for s in steps))
+        if on_change and snap != last:
+            on_change(run, steps)
+        last = snap
+        if run["state"] not in (L.RUNNING, L.PLANNED):
+            return run
+        if time.time() > deadline:
+            return run
+        time.sleep(poll)
+
+
+__all__ = ["Do", "Each", "Engine", "engine", "wait_for", "worker_id", "StageFailed"]

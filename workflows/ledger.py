@@ -1,0 +1,407 @@
+"""The run ledger: runs, their steps, domain locks, the snapshot catalog.
+
+The ledger, not Celery's result backend, is the record (DESIGN invariant 4): a run's
+steps, with their exact JSON arguments, are written here before the first one is sent,
+so any failed run can be resumed from its failed step. The same database holds the
+domain's authoritative state (`cosprint.authority`).
+"""
+
+from __future__ import annotations
+
+import json
+import time
+import uuid
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from functools import cache
+from typing import Any
+
+from sqlalchemy import (
+    Boolean,
+    Column,
+    Connection,
+    Engine,
+    Float,
+    Integer,
+    MetaData,
+    String,
+    Table,
+    Text,
+    and_,
+    create_engine,
+    event,
+    insert,
+    or_,
+    select,
+    update,
+)
+from sqlalchemy.exc import IntegrityError
+
+from cosprint import authority
+from cosprint.errors import CosfailError
+
+SCHEMA_VERSION = 1
+
+metadata = MetaData()
+
+schema_version = Table(
+    "schema_version", metadata, Column("version", Integer, primary_key=True)
+)
+runs = Table(
+    "runs",
+    metadata,
+    Column("id", String(32), primary_key=True),
+    Column("workflow", String(40), nullable=False, index=True),
+    Column("params", Text, nullable=False),
+    Column("triggered_by", String(80), nullable=False),
+    Column("reason", Text, nullable=False, default=""),
+    Column("state", String(20), nullable=False, index=True),
+    Column("launch", Integer, nullable=False, default=1),
+    Column("created_at", Float, nullable=False),
+    Column("finished_at", Float),
+    Column("error", Text),
+)
+steps = Table(
+    "steps",
+    metadata,
+    Column("run_id", String(32), primary_key=True),
+    Column("idx", Integer, primary_key=True),
+    Column("node", String(40), primary_key=True),
+    Column("name", String(60), nullable=False),
+    Column("task", String(80), nullable=False),
+    Column("queue", String(60), nullable=False),
+    Column("envelope", Text, nullable=False),
+    Column("input", Text, nullable=False),
+    Column("member", Boolean, nullable=False, default=False),
+    Column("required", Boolean, nullable=False, default=True),
+    Column("state", String(20), nullable=False),
+    Column("attempt", Integer, nullable=False, default=0),
+    Column("task_id", String(64)),
+    Column("worker", String(120)),
+    Column("queued_at", Float),
+    Column("started_at", Float),
+    Column("finished_at", Float),
+    Column("outcome", Text),
+    Column("facts", Text),
+    Column("error", Text),
+)
+locks = Table(
+    "locks",
+    metadata,
+    Column("name", String(40), primary_key=True),
+    Column("run_id", String(32), nullable=False),
+    Column("owner", String(80), nullable=False),
+    Column("acquired_at", Float, nullable=False),
+    Column("lease_until", Float, nullable=False),
+)
+snapshots = Table(
+    "snapshots",
+    metadata,
+    Column("bcs", String(40), primary_key=True),
+    Column("file", String(200), primary_key=True),
+    Column("epoch", Integer, nullable=False),
+    Column("created_at", Float, nullable=False),
+    Column("verified_at", Float, nullable=False),
+    Column("rows", Integer, nullable=False),
+    Column("sha256", String(64), nullable=False),
+    Column("run_id", String(32), nullable=False),
+    Column("pruned", Boolean, nullable=False, default=False),
+)
+
+# Step and run states.
+PLANNED, QUEUED, RUNNING, RETRYING = "planned", "queued", "running", "retrying"
+SUCCEEDED, FAILED, SKIPPED = "succeeded", "failed", "skipped"
+DONE = (SUCCEEDED, SKIPPED)
+# Run states beyond those: refused (never started: bad input or lock held).
+REFUSED = "refused"
+
+HOSTING_LOCK = "hosting"
+BACKUP_LOCK = "backup"
+
+
+class LedgerError(CosfailError):
+    """The ledger cannot do what was asked (unknown run, wrong state)."""
+
+
+class LockHeld(CosfailError):
+    """Another run holds the lock; carries the holder's run id."""
+
+    def __init__(self, lock: str, holder: str) -> None:
+        super().__init__(f"the {lock} lock is held by run {holder}")
+        self.lock, self.holder = lock, holder
+
+
+@dataclass(frozen=True)
+class StepRow:
+    run_id: str
+    idx: int
+    node: str
+    name: str
+    task: str
+    queue: str
+    envelope: dict[str, Any]
+    input: dict[str, Any]
+    member: bool
+    required: bool
+    state: str
+    attempt: int
+    task_id: str | None
+    worker: str | None
+    queued_at: float | None
+    started_at: float | None
+    finished_at: float | None
+    outcome: str | None
+    facts: dict[str, Any] | None
+    error: str | None
+
+    def as_json(self) -> dict[str, Any]:
+        keep = ("idx", "node", "name", "state", "attempt", "started_at", "finished_at",
+                "outcome", "error", "task_id", "member")
+        return {k: getattr(self, k) for k in keep}
+
+
+def _pragmas(dbapi_conn, _record) -> None:  # type: ignore[no-untyped-def]
+    cur = dbapi_conn.cursor()
+    # WAL lets the API read while workers write; busy_timeout rides out short locks.
+    cur.execute("PRAGMA journal_mode=WAL")
+    cur.execute("PRAGMA synchronous=NORMAL")
+    cur.execute("PRAGMA busy_timeout=15000")
+    cur.close()
+
+
+@cache
+def engine_for(url: str) -> Engine:
+    engine = create_engine(url, pool_pre_ping=True)
+    if engine.dialect.name == "sqlite":
+        event.listen(engine, "connect", _pragmas)
+    return engine
+
+
+def new_run_id() -> str:
+    return uuid.uuid4().hex[:12]
+
+
+class Ledger:
+    def __init__(self, url: str, domain: str) -> None:
+        self.url = url
+        self.domain = domain
+        self.engine = engine_for(url)
+        self._ensure_schema()
+
+    def _ensure_schema(self) -> None:
+        metadata.create_all(self.engine)
+        authority.metadata.create_all(self.engine)
+        with self.engine.begin() as conn:
+            found = conn.execute(select(schema_version.c.version)).scalar()
+            if found is None:
+                try:
+                    conn.execute(insert(schema_version).values(version=SCHEMA_VERSION))
+                except IntegrityError:
+                    pass
+            elif found > SCHEMA_VERSION:
+                raise LedgerError(
+                    f"{self.url}: ledger schema version {found} is newer than this "
+                    f"cosfail's {SCHEMA_VERSION}: upgrade cosfail"
+                )
+
+    @contextmanager
+    def tx(self) -> Iterator[Connection]:
+        with self.engine.begin() as conn:
+            yield conn
+
+    # ----- runs --------------------------------------------------------------------
+    def create_run(
+        self,
+        workflow: str,
+        params: dict[str, Any],
+        who: str,
+        why: str,
+        rows: list[dict[str, Any]],
+        run_id: str | None = None,
+        state: str = PLANNED,
+    ) -> str:
+        run_id = run_id or new_run_id()
+        now = time.time()
+        with self.tx() as conn:
+            conn.execute(
+                insert(runs).values(
+                    id=run_id, workflow=workflow, params=json.dumps(params),
+                    triggered_by=who, reason=why, state=state, launch=1, created_at=now,
+                    finished_at=now if state in (REFUSED, SKIPPED) else None,
+                )
+            )
+            if rows:
+                conn.execute(insert(steps), [
+                    {**r, "run_id": run_id, "envelope": json.dumps(r["envelope"]),
+                     "input": json.dumps(r["input"]), "state": PLANNED, "attempt": 0}
+                    for r in rows
+                ])
+        return run_id
+
+    def run(self, run_id: str) -> dict[str, Any]:
+        with self.engine.connect() as conn:
+            row = conn.execute(select(runs).where(runs.c.id == run_id)).mappings().first()
+        if row is None:
+            raise LedgerError(f"no run {run_id!r} in the ledger")
+        out = dict(row)
+        out["params"] = json.loads(out["params"])
+        return out
+
+    def runs(self, limit: int = 20, workflow: str | None = None) -> list[dict[str, Any]]:
+        q = select(runs).order_by(runs.c.created_at.desc()).limit(limit)
+        if workflow:
+            q = q.where(runs.c.workflow == workflow)
+        with self.engine.connect() as conn:
+            rows = conn.execute(q).mappings().all()
+        return [{**r, "params": json.loads(r["params"])} for r in rows]
+
+    def steps(self, run_id: str) -> list[StepRow]:
+        with self.engine.connect() as conn:
+            rows = conn.execute(
+                select(steps).where(steps.c.run_id == run_id).order_by(steps.c.idx, steps.c.node)
+            ).mappings().all()
+        return [
+            StepRow(**{**r, "envelope": json.loads(r["envelope"]), "input": json.loads(r["input"]),
+                       "facts": json.loads(r["facts"]) if r["facts"] else None})
+            for r in rows
+        ]
+
+    def set_run_state(self, run_id: str, state: str, error: str | None = None,
+                      conn: Connection | None = None) -> None:
+        values: dict[str, Any] = {"state": state, "error": error}
+        if state in (SUCCEEDED, FAILED, REFUSED, SKIPPED):
+            values["finished_at"] = time.time()
+        else:
+            values["finished_at"] = None
+        stmt = update(runs).where(runs.c.id == run_id).values(**values)
+        if conn is not None:
+            conn.execute(stmt)
+        else:
+            with self.tx() as c:
+                c.execute(stmt)
+
+    def next_launch(self, run_id: str) -> int:
+        """Start a new launch of the run: messages of the older launch are superseded."""
+        with self.tx() as conn:
+            conn.execute(update(runs).where(runs.c.id == run_id)
+                         .values(launch=runs.c.launch + 1, state=RUNNING, error=None,
+                                 finished_at=None))
+            return conn.execute(select(runs.c.launch).where(runs.c.id == run_id)).scalar_one()
+
+    # ----- steps -------------------------------------------------------------------
+    def _step_where(self, run_id: str, idx: int, node: str):  # type: ignore[no-untyped-def]
+        return and_(steps.c.run_id == run_id, steps.c.idx == idx, steps.c.node == node)
+
+    def update_step(self, run_id: str, idx: int, node: str, conn: Connection | None = None,
+                    **values: Any) -> None:
+        stmt = update(steps).where(self._step_where(run_id, idx, node)).values(**values)
+        if conn is not None:
+            conn.execute(stmt)
+        else:
+            with self.tx() as c:
+                c.execute(stmt)
+
+    def mark_queued(self, run_id: str, idx: int, conn: Connection | None = None) -> None:
+        """Every not-done row at `idx` is now waiting in a queue."""
+        stmt = (update(steps)
+                .where(steps.c.run_id == run_id, steps.c.idx == idx,
+                       steps.c.state.not_in(DONE))
+                .values(state=QUEUED, queued_at=time.time(), error=None))
+        if conn is not None:
+            conn.execute(stmt)
+        else:
+            with self.tx() as c:
+                c.execute(stmt)
+
+    # ----- locks -------------------------------------------------------------------
+    def acquire(self, name: str, run_id: str, owner: str, lease: float) -> None:
+        """Take lock `name` for `run_id`, or raise LockHeld naming the holder."""
+        now = time.time()
+        with self.tx() as conn:
+            row = conn.execute(select(locks).where(locks.c.name == name)).mappings().first()
+            if row is None:
+                try:
+                    with conn.begin_nested():
+                        conn.execute(insert(locks).values(
+                            name=name, run_id=run_id, owner=owner, acquired_at=now,
+                            lease_until=now + lease))
+                    return
+                except IntegrityError:
+                    row = conn.execute(select(locks).where(locks.c.name == name)).mappings().one()
+            if row["run_id"] == run_id:
+                conn.execute(update(locks).where(locks.c.name == name)
+                             .values(lease_until=now + lease))
+                return
+            taken = conn.execute(
+                update(locks)
+                .where(locks.c.name == name, locks.c.run_id == row["run_id"],
+                       locks.c.lease_until < now)
+                .values(run_id=run_id, owner=owner, acquired_at=now, lease_until=now + lease)
+            ).rowcount
+            if not taken:
+                raise LockHeld(name, row["run_id"])
+
+    def holder(self, name: str) -> str | None:
+        with self.engine.connect() as conn:
+            row = conn.execute(select(locks.c.run_id, locks.c.lease_until)
+                               .where(locks.c.name == name)).first()
+        if row is None or row.lease_until < time.time():
+            return None
+        return row.run_id
+
+    def release(self, name: str, run_id: str, conn: Connection | None = None) -> None:
+        stmt = locks.delete().where(locks.c.name == name, locks.c.run_id == run_id)
+        if conn is not None:
+            conn.execute(stmt)
+        else:
+            with self.tx() as c:
+                c.execute(stmt)
+
+    def renew(self, run_id: str, lease: float, conn: Connection) -> None:
+        conn.execute(update(locks).where(locks.c.run_id == run_id)
+                     .values(lease_until=time.time() + lease))
+
+    # ----- snapshot catalog ----------------------------------------------------------
+    def record_snapshot(self, **values: Any) -> None:
+        with self.tx() as conn:
+            exists = conn.execute(select(snapshots.c.file).where(
+                snapshots.c.bcs == values["bcs"], snapshots.c.file == values["file"])).first()
+            if exists:
+                conn.execute(update(snapshots).where(
+                    snapshots.c.bcs == values["bcs"], snapshots.c.file == values["file"]
+                ).values(**values))
+            else:
+                conn.execute(insert(snapshots).values(**values))
+
+    def mark_pruned(self, bcs: str, files: list[str]) -> None:
+        if not files:
+            return
+        with self.tx() as conn:
+            conn.execute(update(snapshots).where(snapshots.c.bcs == bcs,
+                                                 snapshots.c.file.in_(files))
+                         .values(pruned=True))
+
+    def catalog(self, bcs: str | None = None) -> list[dict[str, Any]]:
+        q = select(snapshots).where(snapshots.c.pruned.is_(False)).order_by(
+            snapshots.c.created_at.desc())
+        if bcs:
+            q = q.where(snapshots.c.bcs == bcs)
+        with self.engine.connect() as conn:
+            return [dict(r) for r in conn.execute(q).mappings()]
+
+    # ----- queries for reaping and restart ------------------------------------------
+    def stuck_steps(self, node: str | None = None) -> list[StepRow]:
+        """Steps recorded as running or queued in runs that are still running."""
+        q = (select(steps.c.run_id, steps.c.idx, steps.c.node)
+             .join(runs, runs.c.id == steps.c.run_id)
+             .where(runs.c.state == RUNNING,
+                    or_(steps.c.state == RUNNING, steps.c.state == QUEUED,
+                        steps.c.state == RETRYING)))
+        if node is not None:
+            q = q.where(steps.c.node == node)
+        with self.engine.connect() as conn:
+            keys = conn.execute(q).all()
+        wanted = {(k.run_id, k.idx, k.node) for k in keys}
+        return [s for rid in {k.run_id for k in keys} for s in self.steps(rid)
+                if (s.run_id, s.idx, s.node) in wanted]

@@ -1,0 +1,27 @@
+"""What a worker process needs from the workflows layer: the journal and its start-up."""
+
+from __future__ import annotations
+
+import logging
+
+from cosprint.domain import Domain
+from workers.step import worker_id
+from workflows import engine as engine_mod
+from workflows.engine import Engine
+
+log = logging.getLogger("cosfail.worker")
+
+
+def journal_for(domain: Domain) -> Engine:
+    # Importing registers every control step and workflow task on the app.
+    from workflows import backup, control  # noqa: F401
+
+    engine_mod._engine = Engine(domain)
+    return engine_mod._engine
+
+
+def on_worker_start(domain: Domain, node: str | None) -> None:
+    """A (re)started worker fails the steps its previous process died in."""
+    eng = engine_mod.engine()
+    for line in eng.reap_lost_steps(node=node or "", alive={worker_id()}):
+        log.warning("%s", line)
