@@ -137,6 +137,15 @@ def worker(
     run_worker(d, node, concurrency)
 
 
+@app.command()
+@guarded
+def beat(domain: DomainOpt = None) -> None:
+    """Run celery beat: a backup every [control].backup_interval seconds."""
+    from workers.runner import run_beat
+
+    run_beat(_domain(domain))
+
+
 # ----- runs -----------------------------------------------------------------------------
 def _finish(eng, run_id: str, wait: bool, as_json: bool, state: str = "running") -> None:  # type: ignore[no-untyped-def]
     from api import view

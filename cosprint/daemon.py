@@ -248,22 +248,31 @@ class RoleKeeper:
             return None, f"no authoritative state for domain {self.domain.control.name!r}"
         return current, None
 
-    def refresh(self, recount: bool = False) -> RoleState:
-        """Re-read everything now, store the result unless a newer read already won."""
-        read_at = time.monotonic()
+    def _decide(self, read_at: float, recount: bool) -> RoleState:
         desig, desig_err = self._read_designation()
         if recount or self._hosted is None or desig != self.state.designation:
             self._hosted = self.count_hosted()
+        hosted = self._hosted
         auth, auth_err = self._read_authority()
         role, reason = decide_role(
             self.node,
             desig,
             auth,
-            hosts_objects=self._hosted > 0,
+            hosts_objects=hosted > 0,
             designation_error=desig_err,
             authority_error=auth_err,
         )
-        new = RoleState(role, reason, desig, auth, self._hosted, read_at)
+        return RoleState(role, reason, desig, auth, hosted, read_at)
+
+    def refresh(self, recount: bool = False) -> RoleState:
+        """Re-read everything now, store the result unless a newer read already won."""
+        read_at = time.monotonic()
+        try:
+            new = self._decide(read_at, recount)
+        except Exception as exc:  # e.g. unreadable tables: never keep a stale "master"
+            log.exception("role check failed on %s", self.node)
+            why = f"{self.node}: role check failed ({type(exc).__name__}); not printing"
+            new = RoleState(UNVERIFIED, why, None, None, self._hosted or 0, read_at)
         with self._lock:
             old = self.state
             if read_at >= old.read_at:
@@ -285,20 +294,7 @@ class RoleKeeper:
         ticks = 0
         while not stop.wait(TICK):
             ticks += 1
-            try:
-                self.refresh(recount=ticks % RECOUNT_EVERY == 0)
-            except Exception:
-                # Never leave a stale "master" behind a failing check.
-                with self._lock:
-                    self.state = RoleState(
-                        UNVERIFIED,
-                        f"{self.node}: role check failed",
-                        None,
-                        None,
-                        0,
-                        time.monotonic(),
-                    )
-                log.exception("role check failed on %s", self.node)
+            self.refresh(recount=ticks % RECOUNT_EVERY == 0)
 
 
 # ----- the service ---------------------------------------------------------------------
@@ -334,6 +330,10 @@ class Service:
         with self._count_lock:
             self._counts[what] += 1
 
+    def _counts_copy(self) -> dict[str, int]:
+        with self._count_lock:
+            return dict(self._counts)
+
     def status(self) -> dict[str, Any]:
         s = self.keeper.verified()
         d = s.designation
@@ -352,7 +352,7 @@ class Service:
     def job_counts(self) -> dict[str, Any]:
         return {
             "node": self.node,
-            **dict(self._counts),
+            **self._counts_copy(),
             "printed": len(self.printed),
             "pending": len(list_spool(self.spool)),
         }

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Protocol
+from typing import Any, Protocol
 
 from cosprint.designation import Designation
 from cosprint.snapshot import Manifest
@@ -34,6 +34,9 @@ class Driver(Protocol):
     def stop(self, timeout: float = 10.0) -> bool:
         """Stop COSprint; True if it was running."""
         ...
+    def kill(self) -> bool:
+        """SIGKILL COSprint, as a crash would; True if it was running."""
+        ...
     def status(self) -> ServiceStatus | None:
         """The service's own report, or None when it does not answer."""
         ...
@@ -45,3 +48,7 @@ class Driver(Protocol):
     def read_last_running(self) -> Designation | None: ...
     def write_last_running(self, designation: Designation) -> None: ...
     def spool_paths(self) -> list[Path]: ...
+    def submit(self, queue: str, data: str, job_id: str | None = None,
+               timeout: float = 10.0) -> tuple[int, dict[str, Any]]:
+        """Submit a print job through this node's COSprint: (HTTP-like status, answer)."""
+        ...

@@ -39,7 +39,11 @@ def configure(domain: Domain) -> Celery:
         event_serializer="json",
         task_acks_late=True,
         task_reject_on_worker_lost=True,
+        # Only probes keep results (the control plane waits on them); the ledger is
+        # the record of everything else.
         task_ignore_result=True,
+        result_backend=domain.broker_url,
+        result_expires=300,
         task_default_queue=CONTROL_QUEUE,
         worker_prefetch_multiplier=1,
         worker_send_task_events=True,

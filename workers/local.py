@@ -172,11 +172,11 @@ class LocalDomain:
     def up(self, with_services: bool = True) -> None:
         self.ensure_broker()
         nodes = self.domain.names()
+        for node in nodes:
+            self.start_cosprint(node)
         self.start_worker(None)
         for node in nodes:
             self.start_worker(node)
-        for node in nodes:
-            self.start_cosprint(node)
         if with_services:
             self.start_beat()
             self.start_api()

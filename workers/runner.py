@@ -36,3 +36,20 @@ def run_worker(domain: Domain, node: str | None, concurrency: int = 4,
         "worker", "-Q", queue, "-n", f"{node or 'control'}@%h", "-P", "threads",
         "-c", str(concurrency), "-l", "INFO", "--without-gossip", "--without-mingle", "-E",
     ])
+
+
+def run_beat(domain: Domain) -> None:
+    """Celery beat sending a backup trigger every `[control].backup_interval` seconds.
+
+    The in-memory scheduler keeps no schedule file: beat's default one is a pickle shelf.
+    """
+    app = configure(domain)
+    interval = domain.control.backup_interval
+    app.conf.beat_schedule = {
+        "backup": {
+            "task": "cosfail.backup.scheduled",
+            "schedule": interval,
+            "options": {"queue": CONTROL_QUEUE, "expires": interval},
+        }
+    }
+    app.start(["beat", "--scheduler", "celery.beat:Scheduler", "-l", "INFO"])

@@ -10,10 +10,15 @@ import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
+from sqlalchemy import func, select
+
 from cosprint import snapshot as snap
-from cosprint.errors import SnapshotError
+from cosprint import tables
+from cosprint.designation import Designation
+from cosprint.errors import CosfailError, DriverError, SnapshotError, StaleEpochError
 from workers import transport
-from workers.step import Here, Outcome, step
+from workers.app import app, current_domain
+from workers.step import Here, Outcome, step, this_node, worker_id
 
 OUTBOX = Path("var/outbox")
 VERIFIED = ".verified"
@@ -68,10 +73,7 @@ def ship_snapshot(here: Here, arg: ShipSnapshot) -> str:
     src = outbox(here, arg.source) / arg.file
     if is_verified(dest):
         return f"{arg.file} already verified on {here.node}"
-    # Manifest first, snapshot last: the pair only looks complete once both are whole.
-    transport.fetch(here.domain, arg.source, snap.manifest_path(src), here.node,
-                    snap.manifest_path(dest))
-    size = transport.fetch(here.domain, arg.source, src, here.node, dest)
+    size = transport.fetch_snapshot(here.domain, arg.source, src, here.node, dest)
     return f"copied {arg.file} ({size} bytes) from {arg.source} to {here.node}"
 
 
@@ -132,3 +134,195 @@ def prune_backups(here: Here, arg: PruneBackups) -> Outcome:
     kept = len(found) - len(doomed)
     return Outcome(f"pruned {len(doomed)} snapshot(s) on {here.node}, kept {kept}",
                    {"pruned": doomed})
+
+
+# ----- probing (answers the control plane synchronously, through the result backend) ----
+@dataclass(frozen=True)
+class ProbeInput:
+    check_snapshots: bool = True
+    domain_epoch: int = 0
+
+
+def snapshot_report(here: Here, min_epoch: int) -> list[dict[str, object]]:
+    """Every verified snapshot on this BCS, newest first, each checked again now."""
+    found = [p for p in snap.list_snapshots(here.domain.backup_area(here.node))
+             if is_verified(p)]
+    report = []
+    for path in reversed(found):
+        entry: dict[str, object] = {"file": path.name}
+        try:
+            m = snap.check_snapshot(path, domain=here.domain.control.name, min_epoch=0)
+            entry.update(ok=True, epoch=m.epoch, created_at=m.created_at, rows=m.rows,
+                         reason="")
+        except SnapshotError as exc:
+            entry.update(ok=False, reason=str(exc))
+        report.append(entry)
+    return report
+
+
+@app.task(name="cosfail.node.probe", ignore_result=False, acks_late=False)
+def probe(check_snapshots: bool = True) -> dict[str, object]:
+    """This node as its worker sees it: COSprint, designation, last run, snapshots."""
+    here = Here(current_domain(), this_node())
+    driver = here.driver
+    status = driver.status()
+    report: dict[str, object] = {
+        "node": here.node,
+        "worker": worker_id(),
+        "cosprint": asdict(status) if status else None,
+        "designation": _designation_json(driver.read_designation),
+        "last_running": _designation_json(driver.read_last_running),
+        "hosted": hosted_objects(here),
+        "sample_queues": sample_queues(here),
+    }
+    if check_snapshots and here.domain.node(here.node).role == "bcs":
+        report["snapshots"] = snapshot_report(here, 0)
+    return report
+
+
+def hosted_objects(here: Here) -> dict[str, int]:
+    """Objects per host, as this node's own copy of the tables says."""
+    with tables.connect(here.domain.tables_url(here.node)) as conn:
+        return tables.hosted_counts(conn)
+
+
+def sample_queues(here: Here) -> dict[str, str]:
+    """One queue name per host: what a verification job can be sent to."""
+    with tables.connect(here.domain.tables_url(here.node)) as conn:
+        q = tables.queues
+        rows = conn.execute(select(q.c.host, func.min(q.c.name)).group_by(q.c.host))
+        return {host: name for host, name in rows}
+
+
+def _designation_json(read) -> dict[str, object] | None:  # type: ignore[no-untyped-def]
+    try:
+        d = read()
+    except CosfailError as exc:
+        return {"error": str(exc)}
+    return asdict(d) if d else None
+
+
+# ----- failover -------------------------------------------------------------------------
+@dataclass(frozen=True)
+class NoInput:
+    """For steps whose node is all they need to know."""
+
+
+@step("failover.stop_cosprint", NoInput)
+def stop_cosprint(here: Here, arg: NoInput) -> str:
+    was_running = here.driver.stop()
+    return f"stopped COSprint on {here.node}" if was_running else \
+        f"COSprint was already stopped on {here.node}"
+
+
+@dataclass(frozen=True)
+class RestoreSnapshot:
+    candidates: list[str]  # verified snapshot files, newest first
+    min_epoch: int = 0
+
+
+@step("failover.restore_snapshot", RestoreSnapshot)
+def restore_snapshot(here: Here, arg: RestoreSnapshot) -> Outcome:
+    """Replace this BCS's tables with the newest candidate that still verifies."""
+    area = here.domain.backup_area(here.node)
+    if here.driver.status() is not None:
+        raise DriverError(f"COSprint still runs on {here.node}: will not restore under it")
+    refused = []
+    for name in arg.candidates:
+        try:
+            manifest = here.driver.import_snapshot(area / name, arg.min_epoch,
+                                                   here.domain.control.name)
+        except SnapshotError as exc:
+            refused.append(str(exc))
+            continue
+        text = f"restored {name} ({manifest.rows} rows) on {here.node}"
+        if refused:
+            text += f" after refusing {len(refused)} newer: {'; '.join(refused)}"
+        return Outcome(text, {"snapshot": name, "refused": refused})
+    raise SnapshotError(f"no candidate snapshot verifies on {here.node}: {'; '.join(refused)}")
+
+
+@dataclass(frozen=True)
+class RehostObjects:
+    old_host: str
+    new_host: str
+
+
+@step("failover.rehost_objects", RehostObjects)
+def rehost_objects(here: Here, arg: RehostObjects) -> Outcome:
+    """Every object of the failed server, hosted from now on by the BCS (all six tables)."""
+    moved = here.driver.rehost(arg.old_host, arg.new_host)
+    total = sum(moved.values())
+    return Outcome(f"rehosted {total} objects from {arg.old_host} to {arg.new_host} "
+                   f"in {here.node}'s tables", {"moved": moved})
+
+
+@dataclass(frozen=True)
+class PublishTables:
+    file: str
+    epoch: int
+
+
+@step("failover.publish_tables", PublishTables)
+def publish_tables(here: Here, arg: PublishTables) -> Outcome:
+    """The new master's tables, exported for every node's restart-check to fetch."""
+    with tables.connect(here.domain.tables_url(here.node)) as conn:
+        tables.write_pointer(conn, here.node, arg.epoch)
+    manifest = here.driver.export_snapshot(outbox(here) / arg.file, arg.epoch,
+                                           here.domain.control.name)
+    return Outcome(f"published {manifest.rows} rows of {here.node} at epoch {arg.epoch}",
+                   {"manifest": asdict(manifest)})
+
+
+@dataclass(frozen=True)
+class WriteDesignation:
+    master: str
+    epoch: int
+
+
+@step("failover.write_designation", WriteDesignation)
+def write_designation(here: Here, arg: WriteDesignation) -> str:
+    new = Designation(arg.master, arg.epoch)
+    current = here.driver.read_designation()
+    if current == new:
+        return f"designation on {here.node} already {new}"
+    if current and current.epoch > arg.epoch:
+        raise StaleEpochError(f"{here.node} is at {current}: will not go back to {new}")
+    here.driver.write_designation(new)
+    return f"wrote designation {new} on {here.node}"
+
+
+@dataclass(frozen=True)
+class RestartCheck:
+    master: str
+    epoch: int
+    file: str  # the master's published tables
+
+
+@step("restart_check.refresh_tables", RestartCheck)
+def restart_check(here: Here, arg: RestartCheck) -> str:
+    """Designation vs last-running: re-point this node's tables at a changed master."""
+    driver = here.driver
+    new = Designation(arg.master, arg.epoch)
+    if driver.read_designation() != new:
+        driver.write_designation(new)
+    last = driver.read_last_running()
+    if last == new:
+        return f"{here.node} already runs under {new}"
+    if here.node != arg.master:
+        local = here.domain.home(here.node) / "var" / "inbox" / arg.file
+        transport.fetch_snapshot(here.domain, arg.master, outbox(here, arg.master) / arg.file,
+                                 here.node, local)
+        driver.import_snapshot(local, arg.epoch, here.domain.control.name)
+        local.unlink()
+        snap.manifest_path(local).unlink(missing_ok=True)
+    driver.write_last_running(new)
+    return f"re-pointed {here.node} from {last} to {new}"
+
+
+@step("failover.start_cosprint", NoInput)
+def start_cosprint(here: Here, arg: NoInput) -> Outcome:
+    here.driver.start()
+    st = here.driver.status()
+    role = st.role if st else "unknown"
+    return Outcome(f"started COSprint on {here.node} as {role}", {"role": role})

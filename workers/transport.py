@@ -11,6 +11,7 @@ from pathlib import Path
 from cosprint.domain import Domain
 from cosprint.errors import CosfailError
 from cosprint.fsutil import atomic_copy
+from cosprint.snapshot import manifest_path
 
 
 class TransportError(CosfailError):
@@ -32,3 +33,10 @@ def fetch(domain: Domain, source: str, remote: Path, here: str, local: Path) -> 
     raise TransportError(
         f"{source} and {here} are on different hosts and no SFTP transport is configured"
     )
+
+
+def fetch_snapshot(domain: Domain, source: str, remote: Path, here: str, local: Path) -> int:
+    """A snapshot and its manifest; the manifest first, so that the pair looks complete
+    only once the snapshot itself has landed whole."""
+    fetch(domain, source, manifest_path(remote), here, manifest_path(local))
+    return fetch(domain, source, remote, here, local)

@@ -10,6 +10,7 @@ from __future__ import annotations
 import time
 
 from cosprint.domain import Domain
+from workers.app import app
 from workers.steps import (
     ExportTables,
     PruneBackups,
@@ -22,7 +23,7 @@ from workers.steps import (
 )
 from workflows import ledger as L
 from workflows.control import LockInput, RecordBackup, record_backup, release_lock
-from workflows.engine import Do, Each, Engine, Stage
+from workflows.engine import Do, Each, Engine, Stage, engine
 from workflows.state import current_state
 
 WORKFLOW = "backup"
@@ -64,3 +65,10 @@ def start_backup(eng: Engine, who: str, why: str = "") -> tuple[str, str]:
     eng.create(WORKFLOW, params, who, why, state.epoch, stages, run_id=run_id)
     eng.launch(run_id)
     return run_id, L.RUNNING
+
+
+@app.task(name="cosfail.backup.scheduled", ignore_result=True)
+def scheduled_backup() -> str:
+    """What celery beat sends every `[control].backup_interval` seconds."""
+    run_id, state = start_backup(engine(), "beat", "scheduled")
+    return f"backup run {run_id}: {state}"

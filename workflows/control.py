@@ -2,8 +2,14 @@
 
 from __future__ import annotations
 
+import subprocess
+import uuid
 from dataclasses import dataclass
 
+from cosprint import authority
+from cosprint.designation import Designation
+from cosprint.drivers import driver_for
+from cosprint.errors import CosfailError
 from workers.step import Here, step
 from workflows import ledger as L
 from workflows.engine import engine
@@ -51,3 +57,108 @@ def record_backup(here: Here, arg: RecordBackup) -> str:
         )
         recorded.append(s.node)
     return f"catalogued the verified snapshot on {', '.join(sorted(recorded))}"
+
+
+@dataclass(frozen=True)
+class AdvanceEpoch:
+    expected_master: str
+    expected_epoch: int
+    master: str
+    epoch: int
+
+
+@step("failover.advance_epoch", AdvanceEpoch)
+def advance_epoch(here: Here, arg: AdvanceEpoch) -> str:
+    """The domain's new epoch: from here on, anything issued under the old one is stale."""
+    new = authority.advance(
+        engine().ledger.engine, here.domain.control.name,
+        Designation(arg.expected_master, arg.expected_epoch), Designation(arg.master, arg.epoch))
+    return f"domain epoch is now {new.epoch}, master {new.master}"
+
+
+@dataclass(frozen=True)
+class FenceServer:
+    server: str
+
+
+FENCE_TIMEOUT = 30.0
+
+
+@step("failover.fence_server", FenceServer)
+def fence_server(here: Here, arg: FenceServer) -> str:
+    """Make sure the failed server's COSprint cannot serve: a fence command, else a stop
+    of a COSprint this host can reach. Failure to reach it is reported, not fatal."""
+    node = here.domain.node(arg.server)
+    if node.fence_command:
+        argv = [a.replace("{node}", arg.server) for a in node.fence_command]
+        done = subprocess.run(argv, capture_output=True, text=True,  # noqa: S603
+                              timeout=FENCE_TIMEOUT, check=False)
+        if done.returncode != 0:
+            return (f"fence command for {arg.server} exited {done.returncode}: "
+                    f"{done.stderr.strip()[:200]}")
+        return f"fenced {arg.server} with its fence command"
+    driver = driver_for(here.domain, arg.server)
+    if node.host == "localhost":
+        return (f"fenced {arg.server}: stopped its COSprint" if driver.stop()
+                else f"{arg.server}'s COSprint was not running: nothing to fence")
+    return f"{arg.server} not fenced: no fence command and its host is not reachable from here"
+
+
+@dataclass(frozen=True)
+class VerifyFailover:
+    master: str
+    epoch: int
+    nodes: list[str]
+    probe_queue: str = ""
+
+
+@step("failover.verify", VerifyFailover)
+def verify_failover(here: Here, arg: VerifyFailover) -> str:
+    """The new master serves as master at the new epoch, every node points at it, and a
+    test job for a moved queue is accepted for printing by the master."""
+    problems = []
+    for node in arg.nodes:
+        st = driver_for(here.domain, node).status()
+        if st is None:
+            problems.append(f"{node}: COSprint not answering")
+        elif (st.master, st.epoch) != (arg.master, arg.epoch):
+            problems.append(f"{node}: points at {st.master}@{st.epoch}")
+        elif node == arg.master and st.role != "master":
+            problems.append(f"{node}: serves as {st.role}, not master")
+    if problems:
+        raise VerifyError(f"after failover: {'; '.join(problems)}")
+    text = f"{arg.master} is master at epoch {arg.epoch}; {len(arg.nodes)} node(s) point at it"
+    via = next((n for n in arg.nodes if n != arg.master), arg.master)
+    if arg.probe_queue:
+        code, answer = driver_for(here.domain, via).submit(
+            arg.probe_queue, "cosfail failover verification page",
+            job_id=f"verify-{uuid.uuid4().hex[:8]}")
+        if code != 202:
+            raise VerifyError(f"test job on {arg.probe_queue} via {via}: {code} {answer}")
+        text += f"; test job on {arg.probe_queue} via {via} accepted by " \
+            f"{answer.get('printed_by', arg.master)}"
+    return text
+
+
+class VerifyError(CosfailError):
+    """The domain is not in the state a finished workflow promises."""
+
+
+@dataclass(frozen=True)
+class RunHook:
+    name: str
+    argv: list[str]
+
+
+@step("control.run_hook", RunHook)
+def run_hook(here: Here, arg: RunHook) -> str:
+    done = subprocess.run(arg.argv, capture_output=True, text=True,  # noqa: S603
+                          timeout=FENCE_TIMEOUT, check=False)
+    if done.returncode != 0:
+        raise HookFailed(f"{arg.name} hook exited {done.returncode}: "
+                         f"{(done.stderr or done.stdout).strip()[:300]}")
+    return f"{arg.name} hook ran: {(done.stdout.strip() or 'ok')[:200]}"
+
+
+class HookFailed(CosfailError):
+    """An operator's hook exited non-zero."""

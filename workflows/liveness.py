@@ -2,7 +2,14 @@
 
 from __future__ import annotations
 
-from workers.app import app
+import time
+from dataclasses import asdict
+
+from cosprint.domain import Domain
+from cosprint.drivers import driver_for
+from workers.app import app, node_queue
+from workers.steps import probe
+from workflows.plan import NodeSeen
 
 
 def ping(timeout: float = 1.0) -> dict[str, str]:
@@ -15,3 +22,25 @@ def alive_workers(timeout: float = 1.0) -> set[str]:
     """Worker ids (host:pid) of the workers that answer, from their stats."""
     stats = app.control.inspect(timeout=timeout).stats() or {}
     return {f"{name.split('@', 1)[1]}:{s.get('pid')}" for name, s in stats.items()}
+
+
+def probe_all(domain: Domain, nodes: list[str] | None = None,
+              timeout: float = 2.0) -> dict[str, NodeSeen]:
+    """Ask every node's worker what it sees, in parallel; a node whose worker does not
+    answer within `timeout` is asked for its COSprint status directly."""
+    nodes = nodes or domain.names()
+    pending = {n: probe.apply_async(queue=node_queue(n), expires=timeout) for n in nodes}
+    deadline = time.time() + timeout
+    seen: dict[str, NodeSeen] = {}
+    for node, result in pending.items():
+        try:
+            report = result.get(timeout=max(0.05, deadline - time.time()))
+        except Exception:  # timeout, expired or revoked: the worker did not answer
+            result.forget()
+            report = None
+        direct = None
+        if report is None:
+            st = driver_for(domain, node).status()
+            direct = asdict(st) if st else None
+        seen[node] = NodeSeen.from_probe(node, report, direct)
+    return seen

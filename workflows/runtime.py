@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import os
 
 from cosprint.domain import Domain
 from workers.step import worker_id
@@ -21,7 +22,17 @@ def journal_for(domain: Domain) -> Engine:
 
 
 def on_worker_start(domain: Domain, node: str | None) -> None:
-    """A (re)started worker fails the steps its previous process died in."""
+    """A (re)started worker fails the steps its previous process died in; a node's
+    worker then runs restart-check, which decides whether its COSprint may start."""
+    from workflows.restart_check import start_restart_check
+
     eng = engine_mod.engine()
     for line in eng.reap_lost_steps(node=node or "", alive={worker_id()}):
         log.warning("%s", line)
+    if node and os.environ.get("COSFAIL_NO_RESTART_CHECK") != "1":
+        try:
+            run_id = start_restart_check(eng, node, f"worker:{node}", "worker started")
+        except Exception:  # never keep a worker from serving: the run is the record
+            log.exception("restart-check of %s could not start", node)
+            return
+        log.info("restart-check of %s: %s", node, run_id or "reclaim needed, left stopped")

@@ -1,0 +1,152 @@
+"""Failover: a dead server's objects, hosted from now on by a BCS.
+
+Read top to bottom, this is the chain (DESIGN section 2): the trigger plans and runs the
+preflight synchronously, so a refusal is an immediate answer and changes nothing; then
+take the domain lock → new epoch → fence the failed server → stop COSprint everywhere
+→ restore the snapshot on the BCS → rehost → publish the master's tables → write the
+designation everywhere → restart-check each node → start COSprint → verify → release.
+"""
+
+from __future__ import annotations
+
+import subprocess
+import time
+from dataclasses import asdict, dataclass
+
+from cosprint.domain import Domain
+from cosprint.errors import CosfailError
+from workers.steps import (
+    NoInput,
+    PublishTables,
+    RehostObjects,
+    RestartCheck,
+    RestoreSnapshot,
+    WriteDesignation,
+    publish_tables,
+    rehost_objects,
+    restart_check,
+    restore_snapshot,
+    start_cosprint,
+    stop_cosprint,
+    write_designation,
+)
+from workflows import ledger as L
+from workflows.control import (
+    AdvanceEpoch,
+    FenceServer,
+    LockInput,
+    RunHook,
+    VerifyFailover,
+    advance_epoch,
+    fence_server,
+    release_lock,
+    run_hook,
+    take_lock,
+    verify_failover,
+)
+from workflows.engine import Do, Each, Engine, Stage
+from workflows.liveness import probe_all
+from workflows.plan import FailoverPlan, FailoverRequest, plan_failover
+from workflows.state import current_state
+
+WORKFLOW = "failover"
+
+
+class Refused(CosfailError):
+    """The trigger refuses: bad input, a failed preflight or a vetoing hook."""
+
+
+def tables_file(run_id: str, epoch: int) -> str:
+    return f"tables-e{epoch}-{run_id}.snap"
+
+
+def failover_stages(domain: Domain, plan: FailoverPlan, run_id: str) -> list[Stage]:
+    new = plan.epoch_after
+    file = tables_file(run_id, new)
+    hosting = LockInput(run_id=run_id, lock=L.HOSTING_LOCK)
+    stages: list[Stage] = [
+        Do(take_lock, hosting),
+        Do(advance_epoch, AdvanceEpoch(expected_master=plan.master_before,
+                                       expected_epoch=plan.epoch_before,
+                                       master=plan.master_after, epoch=new), epoch=new),
+        Do(fence_server, FenceServer(server=plan.server), epoch=new),
+        Each(stop_cosprint, {n: NoInput() for n in plan.stop}, required=False, epoch=new),
+    ]
+    if plan.restore:
+        stages.append(Do(restore_snapshot, RestoreSnapshot(candidates=plan.restore),
+                         node=plan.bcs, epoch=new))
+    stages += [
+        Do(rehost_objects, RehostObjects(old_host=plan.server, new_host=plan.bcs),
+           node=plan.master_after, epoch=new),
+        Do(publish_tables, PublishTables(file=file, epoch=new), node=plan.master_after,
+           epoch=new),
+        Each(write_designation,
+             {n: WriteDesignation(master=plan.master_after, epoch=new) for n in plan.start},
+             required=False, epoch=new),
+        Each(restart_check,
+             {n: RestartCheck(master=plan.master_after, epoch=new, file=file)
+              for n in plan.start}, required=False, epoch=new),
+        Each(start_cosprint, {n: NoInput() for n in plan.start}, required=False, epoch=new),
+        Do(verify_failover, VerifyFailover(master=plan.master_after, epoch=new,
+                                           nodes=plan.start, probe_queue=plan.probe_queue),
+           epoch=new),
+    ]
+    if domain.spec.hooks.post_failover:
+        stages.append(Do(run_hook, RunHook(name="post_failover",
+                                           argv=domain.spec.hooks.post_failover), epoch=new))
+    stages.append(Do(release_lock, hosting, epoch=new))
+    return stages
+
+
+@dataclass(frozen=True)
+class Started:
+    run_id: str | None  # None for a dry run
+    plan: FailoverPlan
+
+
+def plan_now(eng: Engine, req: FailoverRequest) -> FailoverPlan:
+    """Probe the domain and plan; raise Refused with the reason when it cannot be done."""
+    state = current_state(eng)
+    plan = plan_failover(eng.domain, state, probe_all(eng.domain), req, time.time())
+    if isinstance(plan, str):
+        raise Refused(plan)
+    return plan
+
+
+def start_failover(eng: Engine, req: FailoverRequest, who: str, why: str = "",
+                   dry_run: bool = False) -> Started:
+    holder = eng.ledger.holder(L.HOSTING_LOCK)
+    if holder:
+        raise L.LockHeld(L.HOSTING_LOCK, holder)
+    plan = plan_now(eng, req)
+    if dry_run:
+        return Started(None, plan)
+    run_id = L.new_run_id()
+    params = {"request": asdict(req), "plan": asdict(plan)}
+    veto = pre_hook_veto(eng.domain, plan)
+    if veto:
+        eng.ledger.create_run(WORKFLOW, params, who, f"vetoed: {veto}", [], run_id=run_id,
+                              state=L.REFUSED)
+        raise Refused(f"pre_failover hook vetoed the failover: {veto}")
+    eng.ledger.acquire(L.HOSTING_LOCK, run_id, who, eng.domain.control.lock_lease)
+    try:
+        eng.create(WORKFLOW, params, who, why, plan.epoch_before,
+                   failover_stages(eng.domain, plan, run_id), run_id=run_id)
+        eng.launch(run_id)
+    except Exception:
+        eng.ledger.release(L.HOSTING_LOCK, run_id)
+        raise
+    return Started(run_id, plan)
+
+
+def pre_hook_veto(domain: Domain, plan: FailoverPlan) -> str | None:
+    """Run the operator's pre-failover hook; its non-zero exit is a veto, returned."""
+    argv = domain.spec.hooks.pre_failover
+    if not argv:
+        return None
+    argv = [a.replace("{server}", plan.server).replace("{bcs}", plan.bcs) for a in argv]
+    done = subprocess.run(argv, capture_output=True, text=True, timeout=60,  # noqa: S603
+                          check=False)
+    if done.returncode == 0:
+        return None
+    return (done.stderr or done.stdout).strip()[:300] or f"exit {done.returncode}"
