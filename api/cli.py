@@ -7,12 +7,11 @@ from __future__ import annotations
 
 import getpass
 import json
-import os
 import sys
 from collections.abc import Callable
 from functools import wraps
 from pathlib import Path
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any
 
 import typer
 from rich.console import Console
@@ -219,6 +218,95 @@ def resume(run_id: str, domain: DomainOpt = None, wait: WaitOpt = False,
     _finish(eng, run_id, wait, as_json)
 
 
+def _plan_table(plan: Any) -> Any:
+    from rich.table import Table
+
+    t = Table(show_header=False, title=f"failover plan for {plan.server}")
+    age = f"{plan.snapshot_age:.0f} s" if plan.snapshot_age is not None else "-"
+    rows = [
+        ("moves", f"{plan.moving} objects of {plan.server} → {plan.bcs}"),
+        ("master", f"{plan.master_before}@{plan.epoch_before} → "
+                   f"{plan.master_after}@{plan.epoch_after}"),
+        ("restores", plan.snapshot or "nothing: the master's live tables are used"),
+        ("data lost", f"changes of the last {age}" if plan.snapshot else "none"),
+        ("stops", ", ".join(plan.stop) or "-"),
+        ("restarts", ", ".join(plan.start) or "-"),
+        ("unreachable", ", ".join(plan.unreachable) or "-"),
+        ("fences", plan.server if plan.fence else "nothing (not answering)"),
+    ]
+    for note in plan.notes:
+        rows.append(("note", note))
+    for k, v in rows:
+        t.add_row(k, v)
+    return t
+
+
+@app.command()
+@guarded
+def failover(
+    server: str,
+    to: Annotated[str | None, typer.Option("--to", help="the BCS to fail over to")] = None,
+    best: Annotated[bool, typer.Option("--best", help="let cosfail choose the BCS")] = False,
+    dry_run: Annotated[bool, typer.Option("--dry-run", help="show the plan only")] = False,
+    force: Annotated[bool, typer.Option("--force", help="even if SERVER answers")] = False,
+    yes: Annotated[bool, typer.Option("--yes", help="do not ask")] = False,
+    domain: DomainOpt = None, wait: WaitOpt = False, as_json: JsonOpt = False,
+    reason: ReasonOpt = "",
+) -> None:
+    """Fail SERVER over to a BCS (--to BCS, or --best)."""
+    from dataclasses import asdict
+
+    from workflows.failover import plan_now, start_failover
+    from workflows.plan import FailoverRequest
+
+    if (to is None) == (not best):
+        raise refuse("give exactly one of --to BCS or --best")
+    eng = _engine(domain)
+    req = FailoverRequest(server=server, to=to, best=best, force=force)
+    if dry_run or not yes:
+        plan = plan_now(eng, req)
+        if as_json and dry_run:
+            emit({"run_id": None, "plan": asdict(plan)})
+            return
+        out.print(_plan_table(plan))
+        if dry_run:
+            return
+        if not sys.stdin.isatty():
+            raise refuse("not confirmed: add --yes to fail over without a prompt")
+        if not typer.confirm("Fail over now?"):
+            raise refuse("not confirmed: nothing changed")
+    started = start_failover(eng, req, who(), reason)
+    assert started.run_id
+    _finish(eng, started.run_id, wait, as_json)
+
+
+@app.command()
+@guarded
+def status(domain: DomainOpt = None, as_json: JsonOpt = False) -> None:
+    """Nodes, roles, master, epoch, COSprint up/down, last verified backup and its age."""
+    from api import view
+    from workflows.status import domain_status
+
+    st = domain_status(_engine(domain))
+    if as_json:
+        emit(st)
+    else:
+        out.print(view.status_view(st))
+
+
+@app.command("api")
+@guarded
+def serve_api(domain: DomainOpt = None) -> None:
+    """Serve the trigger API on [control].api."""
+    import uvicorn
+
+    from api.app import create_app
+
+    d = _domain(domain)
+    host, _, port = d.control.api.rpartition(":")
+    uvicorn.run(create_app(d), host=host or "127.0.0.1", port=int(port), log_level="info")
+
+
 # ----- local ----------------------------------------------------------------------------
 @local_app.command("up")
 @guarded
@@ -289,5 +377,3 @@ def main() -> None:
 
 if __name__ == "__main__":
     main()
-
-__all__ = ["app", "main", "Literal", "os"]

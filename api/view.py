@@ -65,3 +65,19 @@ def follow(eng: Any, run_id: str, console: Console, quiet: bool = False,
     if run.get("error"):
         console.print(f"[bold red]{run['error']}[/]")
     return run
+
+
+def status_view(st: dict[str, Any]) -> Table:
+    t = Table("node", "role", "worker", "COSprint", "serving as", "points at", "hosted",
+              title=f"domain {st['domain']}: master {st['master']}, epoch {st['epoch']}")
+    for n in st["nodes"]:
+        up = {"up": "[green]up[/]", "down": "[red]down[/]"}
+        note = " [bold red]reclaim needed[/]" if n["reclaim_needed"] else ""
+        t.add_row(n["name"], n["role"], up[n["worker"]], up[n["cosprint"]],
+                  (n["serving_as"] or "-") + note, n["points_at"] or "-", str(n["hosted"] or 0))
+    for bcs, b in st["backups"].items():
+        text = f"{b['file']} ({b['age']:.0f} s old)" if b else "[red]no verified backup[/]"
+        t.caption = (t.caption + "\n" if t.caption else "") + f"{bcs}: {text}"
+    if st["hosting_change_running"]:
+        t.caption = (t.caption or "") + f"\nhosting change running: {st['hosting_change_running']}"
+    return t

@@ -3,6 +3,7 @@ node workers and real `cosprintd` processes. Reused by every integration test.""
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import signal
@@ -15,7 +16,7 @@ from pathlib import Path
 
 import pytest
 
-from cosprint import authority
+from cosprint import authority, tables
 from cosprint.demo import init_demo
 from cosprint.domain import Domain, load_domain
 from cosprint.drivers import driver_for
@@ -121,6 +122,38 @@ class Cluster:
 
     def authority(self):  # type: ignore[no-untyped-def]
         return authority.read(self.ledger.engine, self.domain.control.name)
+
+    def backup(self) -> str:
+        """A backup run to its successful end; returns its run id."""
+        from workflows.backup import start_backup
+
+        run_id, _ = start_backup(self.engine, "test", "test backup")
+        run = self.wait(run_id)
+        assert run["state"] == "succeeded", run["error"]
+        return run_id
+
+    def hosted(self, node: str) -> dict[str, int]:
+        """Objects per host in `node`'s own copy of the tables."""
+        with tables.connect(self.domain.tables_url(node)) as conn:
+            return tables.hosted_counts(conn)
+
+    def digest(self, node: str) -> str:
+        with tables.connect(self.domain.tables_url(node)) as conn:
+            return tables.rows_digest(conn)
+
+    def printed(self, node: str) -> list[dict]:  # type: ignore[type-arg]
+        """Every job `node`'s printers printed, from its sink files."""
+        sink = self.domain.home(node) / "var" / "sink"
+        return [json.loads(line) for f in sink.glob("*.log")
+                for line in f.read_text().splitlines()]
+
+    def wait_printed(self, node: str, job_id: str, timeout: float = 15.0) -> bool:
+        deadline = time.time() + timeout
+        while time.time() < deadline:
+            if any(j["job_id"] == job_id for j in self.printed(node)):
+                return True
+            time.sleep(0.05)
+        return False
 
     def down(self) -> None:
         self.local.down()

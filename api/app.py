@@ -1,0 +1,139 @@
+"""The trigger API (DESIGN section 6): thin routes over workflows, bearer-token auth."""
+
+from __future__ import annotations
+
+import secrets
+from typing import Annotated, Any
+
+from fastapi import Depends, FastAPI, HTTPException, Request
+from fastapi.responses import JSONResponse, PlainTextResponse
+from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
+from pydantic import BaseModel, ConfigDict
+
+from cosprint.domain import Domain
+from cosprint.errors import CosfailError
+from workers.app import configure
+from workflows import ledger as L
+from workflows.engine import Engine
+
+
+class FailoverBody(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    server: str
+    to: str | None = None
+    best: bool = False
+    force: bool = False
+    dry_run: bool = False
+    reason: str = ""
+
+
+class ReasonBody(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    reason: str = ""
+
+
+def read_token(domain: Domain) -> str:
+    path = domain.resolve(domain.control.token_file)
+    try:
+        token = path.read_text().strip()
+    except OSError as exc:
+        raise CosfailError(f"{path}: cannot read the API token ({exc.strerror})") from None
+    if len(token) < 16:
+        raise CosfailError(f"{path}: the API token is too short (16 characters at least)")
+    return token
+
+
+_bearer = HTTPBearer(auto_error=False)
+
+
+def caller(request: Request,
+           cred: Annotated[HTTPAuthorizationCredentials | None, Depends(_bearer)]) -> str:
+    """Who calls: the token's name, once the bearer token matches; else 401."""
+    token: str = request.app.state.token
+    if cred is None or not secrets.compare_digest(cred.credentials.encode(), token.encode()):
+        raise HTTPException(401, "missing or wrong bearer token",
+                            headers={"WWW-Authenticate": "Bearer"})
+    return "api:token"
+
+
+Caller = Annotated[str, Depends(caller)]
+
+
+def create_app(domain: Domain) -> FastAPI:
+    configure(domain)
+    eng = Engine(domain)
+    token = read_token(domain)
+    app = FastAPI(title="cosfail", version="0.1.0",
+                  description="Failover for COSprint print domains")
+    app.state.token = token
+
+    @app.exception_handler(L.LockHeld)
+    async def _held(_req: Request, exc: L.LockHeld) -> JSONResponse:
+        return JSONResponse({"detail": str(exc), "holder": exc.holder}, status_code=409)
+
+    @app.exception_handler(L.LedgerError)
+    async def _ledger(_req: Request, exc: L.LedgerError) -> JSONResponse:
+        code = 404 if str(exc).startswith("no run") else 409
+        return JSONResponse({"detail": str(exc)}, status_code=code)
+
+    @app.exception_handler(CosfailError)
+    async def _bad(_req: Request, exc: CosfailError) -> JSONResponse:
+        return JSONResponse({"detail": str(exc)}, status_code=422)
+
+    @app.get("/healthz")
+    def healthz() -> dict[str, str]:
+        return {"status": "ok"}
+
+    @app.post("/backup", status_code=202)
+    def backup(who: Caller, body: ReasonBody | None = None) -> dict[str, Any]:
+        from workflows.backup import start_backup
+
+        run_id, state = start_backup(eng, who, (body or ReasonBody()).reason)
+        if state == L.SKIPPED:
+            holder = eng.ledger.run(run_id)["params"]["holder"]
+            raise L.LockHeld(L.BACKUP_LOCK, holder)
+        return {"run_id": run_id}
+
+    @app.post("/failover", status_code=202)
+    def failover(body: FailoverBody, who: Caller) -> dict[str, Any]:
+        from dataclasses import asdict
+
+        from workflows.failover import start_failover
+        from workflows.plan import FailoverRequest
+
+        req = FailoverRequest(server=body.server, to=body.to, best=body.best,
+                              force=body.force)
+        started = start_failover(eng, req, who, body.reason, dry_run=body.dry_run)
+        return {"run_id": started.run_id, "plan": asdict(started.plan)}
+
+    @app.get("/status")
+    def status(who: Caller) -> dict[str, Any]:
+        from workflows.status import domain_status
+
+        return domain_status(eng)
+
+    @app.get("/runs")
+    def runs(who: Caller, limit: int = 20) -> list[dict[str, Any]]:
+        return eng.ledger.runs(min(max(limit, 1), 500))
+
+    @app.get("/runs/{run_id}")
+    def run(run_id: str, who: Caller) -> dict[str, Any]:
+        eng.reap_lost_steps(run_id)
+        return {**eng.ledger.run(run_id),
+                "steps": [s.as_json() for s in eng.ledger.steps(run_id)]}
+
+    @app.post("/runs/{run_id}/resume", status_code=202)
+    def resume(run_id: str, who: Caller) -> dict[str, Any]:
+        from workflows.liveness import alive_workers
+
+        eng.ledger.run(run_id)
+        eng.reap_lost_steps(run_id, alive=alive_workers())
+        return {"run_id": run_id, "from_step": eng.resume(run_id)}
+
+    @app.get("/metrics", response_class=PlainTextResponse)
+    def metrics(who: Caller) -> str:
+        from workflows.metrics import render
+
+        return render(eng)
+
+    return app

@@ -1,0 +1,55 @@
+"""The domain at a glance: what `cosfail status` and `GET /status` show."""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+
+from workflows import ledger as L
+from workflows.engine import Engine
+from workflows.liveness import probe_all
+from workflows.state import current_state
+
+
+def reclaim_needed(eng: Engine) -> list[str]:
+    """Servers whose last restart-check left them stopped for reclaim, not since reclaimed."""
+    latest: dict[str, dict[str, Any]] = {}
+    for run in reversed(eng.ledger.runs(limit=200)):
+        node = run["params"].get("node") or run["params"].get("server")
+        if node and run["workflow"] in ("restart-check", "reclaim"):
+            latest[node] = run
+    return sorted(n for n, r in latest.items()
+                  if r["workflow"] == "restart-check" and r["state"] == L.REFUSED)
+
+
+def domain_status(eng: Engine, probe_timeout: float = 1.0) -> dict[str, Any]:
+    state = current_state(eng)
+    seen = probe_all(eng.domain, timeout=probe_timeout)
+    now = time.time()
+    needs = reclaim_needed(eng)
+    nodes = []
+    for n in eng.domain.spec.node:
+        s = seen[n.name]
+        cos = s.cosprint or {}
+        nodes.append({
+            "name": n.name, "role": n.role, "worker": "up" if s.worker else "down",
+            "cosprint": "up" if s.cosprint else "down", "serving_as": cos.get("role"),
+            "points_at": f"{cos['master']}@{cos['epoch']}" if cos else None,
+            "hosted": cos.get("hosted"), "reclaim_needed": n.name in needs,
+        })
+    backups = {}
+    for bcs in eng.domain.names("bcs"):
+        cat = eng.ledger.catalog(bcs)
+        if cat:
+            newest = cat[0]
+            backups[bcs] = {"file": newest["file"], "epoch": newest["epoch"],
+                            "verified_at": newest["verified_at"],
+                            "age": round(now - newest["created_at"], 1)}
+        else:
+            backups[bcs] = None
+    holder = eng.ledger.holder(L.HOSTING_LOCK)
+    return {
+        "domain": eng.domain.control.name, "master": state.master, "epoch": state.epoch,
+        "nodes": nodes, "backups": backups, "hosting_change_running": holder,
+        "backup_running": eng.ledger.holder(L.BACKUP_LOCK), "reclaim_needed": needs,
+    }
