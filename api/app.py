@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import secrets
+from dataclasses import asdict
 from typing import Annotated, Any
 
 from fastapi import Depends, FastAPI, HTTPException, Request
@@ -23,6 +24,14 @@ class FailoverBody(BaseModel):
     to: str | None = None
     best: bool = False
     force: bool = False
+    dry_run: bool = False
+    reason: str = ""
+
+
+class MoveBody(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    server: str
+    to: str | None = None
     dry_run: bool = False
     reason: str = ""
 
@@ -96,8 +105,6 @@ def create_app(domain: Domain) -> FastAPI:
 
     @app.post("/failover", status_code=202)
     def failover(body: FailoverBody, who: Caller) -> dict[str, Any]:
-        from dataclasses import asdict
-
         from workflows.failover import start_failover
         from workflows.plan import FailoverRequest
 
@@ -105,6 +112,30 @@ def create_app(domain: Domain) -> FastAPI:
                               force=body.force)
         started = start_failover(eng, req, who, body.reason, dry_run=body.dry_run)
         return {"run_id": started.run_id, "plan": asdict(started.plan)}
+
+    @app.post("/switchover", status_code=202)
+    def switchover(body: MoveBody, who: Caller) -> dict[str, Any]:
+        from workflows.switchover import start_switchover
+
+        if not body.to:
+            raise CosfailError("switchover needs `to`: the BCS to move to")
+        run_id, plan = start_switchover(eng, body.server, body.to, who, body.reason,
+                                        dry_run=body.dry_run)
+        return {"run_id": run_id, "plan": asdict(plan)}
+
+    @app.post("/reclaim", status_code=202)
+    def reclaim(body: MoveBody, who: Caller) -> dict[str, Any]:
+        from workflows.reclaim import start_reclaim
+
+        run_id, plan = start_reclaim(eng, body.server, who, body.reason, dry_run=body.dry_run)
+        return {"run_id": run_id, "plan": asdict(plan)}
+
+    @app.post("/failback", status_code=202)
+    def failback(body: MoveBody, who: Caller) -> dict[str, Any]:
+        from workflows.switchover import start_failback
+
+        run_id, plan = start_failback(eng, body.server, who, body.reason, dry_run=body.dry_run)
+        return {"run_id": run_id, "plan": asdict(plan)}
 
     @app.get("/status")
     def status(who: Caller) -> dict[str, Any]:

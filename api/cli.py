@@ -34,6 +34,8 @@ DomainOpt = Annotated[
 JsonOpt = Annotated[bool, typer.Option("--json", help="one JSON document on stdout")]
 WaitOpt = Annotated[bool, typer.Option("--wait", help="show each step live; exit by outcome")]
 ReasonOpt = Annotated[str, typer.Option("--reason", help="why (recorded in the run)")]
+DryRunOpt = Annotated[bool, typer.Option("--dry-run", help="show the plan only")]
+YesOpt = Annotated[bool, typer.Option("--yes", help="do not ask")]
 
 EXIT_FAILED, EXIT_REFUSED = 1, 2
 
@@ -247,15 +249,13 @@ def failover(
     server: str,
     to: Annotated[str | None, typer.Option("--to", help="the BCS to fail over to")] = None,
     best: Annotated[bool, typer.Option("--best", help="let cosfail choose the BCS")] = False,
-    dry_run: Annotated[bool, typer.Option("--dry-run", help="show the plan only")] = False,
+    dry_run: DryRunOpt = False,
     force: Annotated[bool, typer.Option("--force", help="even if SERVER answers")] = False,
-    yes: Annotated[bool, typer.Option("--yes", help="do not ask")] = False,
+    yes: YesOpt = False,
     domain: DomainOpt = None, wait: WaitOpt = False, as_json: JsonOpt = False,
     reason: ReasonOpt = "",
 ) -> None:
     """Fail SERVER over to a BCS (--to BCS, or --best)."""
-    from dataclasses import asdict
-
     from workflows.failover import plan_now, start_failover
     from workflows.plan import FailoverRequest
 
@@ -263,21 +263,82 @@ def failover(
         raise refuse("give exactly one of --to BCS or --best")
     eng = _engine(domain)
     req = FailoverRequest(server=server, to=to, best=best, force=force)
-    if dry_run or not yes:
-        plan = plan_now(eng, req)
-        if as_json and dry_run:
-            emit({"run_id": None, "plan": asdict(plan)})
-            return
-        out.print(_plan_table(plan))
-        if dry_run:
-            return
-        if not sys.stdin.isatty():
-            raise refuse("not confirmed: add --yes to fail over without a prompt")
-        if not typer.confirm("Fail over now?"):
-            raise refuse("not confirmed: nothing changed")
+    if (dry_run or not yes) and not _confirm_plan(plan_now(eng, req), dry_run, yes, as_json,
+                                                  "Fail over"):
+        return
     started = start_failover(eng, req, who(), reason)
     assert started.run_id
     _finish(eng, started.run_id, wait, as_json)
+
+
+def _confirm_plan(plan: Any, dry_run: bool, yes: bool, as_json: bool, what: str) -> bool:
+    """Show the plan; True when the operator goes ahead."""
+    from dataclasses import asdict
+
+    if as_json and dry_run:
+        emit({"run_id": None, "plan": asdict(plan)})
+        return False
+    if not as_json or not yes:
+        out.print(_plan_table(plan) if hasattr(plan, "moving") else str(plan))
+    if dry_run:
+        return False
+    if yes:
+        return True
+    if not sys.stdin.isatty():
+        raise refuse("not confirmed: add --yes to go ahead without a prompt")
+    if not typer.confirm(f"{what} now?"):
+        raise refuse("not confirmed: nothing changed")
+    return True
+
+
+@app.command()
+@guarded
+def switchover(
+    server: str,
+    to: Annotated[str, typer.Option("--to", help="the BCS to move to")],
+    dry_run: DryRunOpt = False, yes: YesOpt = False, domain: DomainOpt = None,
+    wait: WaitOpt = False, as_json: JsonOpt = False, reason: ReasonOpt = "",
+) -> None:
+    """Planned move of SERVER's objects to a BCS, with zero data loss."""
+    from workflows.switchover import start_switchover
+
+    eng = _engine(domain)
+    _, plan = start_switchover(eng, server, to, who(), reason, dry_run=True)
+    if _confirm_plan(plan, dry_run, yes, as_json, "Switch over"):
+        run_id, _ = start_switchover(eng, server, to, who(), reason)
+        _finish(eng, run_id, wait, as_json)
+
+
+@app.command()
+@guarded
+def reclaim(server: str, dry_run: DryRunOpt = False, domain: DomainOpt = None,
+            wait: WaitOpt = False, as_json: JsonOpt = False, reason: ReasonOpt = "") -> None:
+    """Bring a failed-over SERVER back as a slave (its obsolete data is set aside)."""
+    from dataclasses import asdict
+
+    from workflows.reclaim import start_reclaim
+
+    eng = _engine(domain)
+    run_id, plan = start_reclaim(eng, server, who(), reason, dry_run=dry_run)
+    if run_id is None:
+        emit({"run_id": None, "plan": asdict(plan)}) if as_json else out.print(plan)
+        return
+    _finish(eng, run_id, wait, as_json)
+
+
+@app.command()
+@guarded
+def failback(server: str, dry_run: DryRunOpt = False, yes: YesOpt = False,
+             domain: DomainOpt = None, wait: WaitOpt = False, as_json: JsonOpt = False,
+             reason: ReasonOpt = "") -> None:
+    """Move hosting back to a reclaimed SERVER from the BCS that took it over."""
+    from workflows.switchover import start_failback
+
+    eng = _engine(domain)
+    _, plan = start_failback(eng, server, who(), reason, dry_run=True)
+    if _confirm_plan(plan, dry_run, yes, as_json, "Fail back"):
+        run_id, _ = start_failback(eng, server, who(), reason)
+        _finish(eng, run_id, wait, as_json)
 
 
 @app.command()
@@ -305,6 +366,16 @@ def serve_api(domain: DomainOpt = None) -> None:
     d = _domain(domain)
     host, _, port = d.control.api.rpartition(":")
     uvicorn.run(create_app(d), host=host or "127.0.0.1", port=int(port), log_level="info")
+
+
+@app.command()
+@guarded
+def flower(domain: DomainOpt = None) -> None:
+    """Serve Flower on [control].flower (basic auth from [control].flower_auth_file), with
+    each run's page and a Retry button on a failed step's task page."""
+    from api.flower import serve
+
+    serve(_domain(domain))
 
 
 # ----- local ----------------------------------------------------------------------------

@@ -462,12 +462,13 @@ class Service:
             self.wake.wait(PRINTER_POLL)
             self.wake.clear()
 
-    def print_pending(self) -> None:
+    def print_pending(self, draining: bool = False) -> None:
         files = list_spool(self.spool)
         if not files or self.keeper.verified().role not in PRINTING_ROLES:
             return
         for path in files:
-            if self.stop_event.is_set() or self.keeper.state.role not in PRINTING_ROLES:
+            if (self.stop_event.is_set() and not draining) or \
+                    self.keeper.state.role not in PRINTING_ROLES:
                 return  # a stop or a demotion lets the current print finish, no more
             self.print_one(path)
 
@@ -678,6 +679,8 @@ def serve(domain: Domain, node: str) -> int:
         server.shutdown()
         service.wake.set()
         threads[2].join(timeout=30)  # the printer finishes the job it is on
+        # A graceful stop prints what it accepted: a switchover loses no queued job.
+        service.print_pending(draining=True)
     finally:
         server.server_close()
         _release_pidfile(pidfile)

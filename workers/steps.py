@@ -6,6 +6,7 @@ run at any step, ends in the same state (DESIGN section 2).
 
 from __future__ import annotations
 
+import os
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -326,3 +327,38 @@ def start_cosprint(here: Here, arg: NoInput) -> Outcome:
     st = here.driver.status()
     role = st.role if st else "unknown"
     return Outcome(f"started COSprint on {here.node} as {role}", {"role": role})
+
+
+# ----- reclaim --------------------------------------------------------------------------
+@dataclass(frozen=True)
+class SetAside:
+    epoch: int  # the obsolete epoch: its data goes to var/reclaimed/<epoch>/
+
+
+RECLAIMED = Path("var/reclaimed")
+
+
+@step("reclaim.set_aside_data", SetAside)
+def set_aside_data(here: Here, arg: SetAside) -> str:
+    """Quarantine this node's obsolete tables, designation, last-running record and
+    pending spool under var/reclaimed/<epoch>/: moved or copied, never deleted."""
+    home = here.domain.home(here.node)
+    dest = home / RECLAIMED / str(arg.epoch)
+    saved = dest / "tables.snap"
+    if here.driver.status() is not None:
+        raise DriverError(f"COSprint still runs on {here.node}: stop it before reclaim")
+    if not snap.manifest_path(saved).exists():
+        here.driver.export_snapshot(saved, arg.epoch, here.domain.control.name)
+    moved = 0
+    for rel in (Path("etc/master"), Path("var/last_master")):
+        if (home / rel).exists():
+            (dest / rel).parent.mkdir(parents=True, exist_ok=True)
+            os.replace(home / rel, dest / rel)
+    spool = here.domain.node(here.node).shared_spool is None
+    if spool:
+        for job in here.driver.spool_paths():
+            (dest / "spool").mkdir(parents=True, exist_ok=True)
+            os.replace(job, dest / "spool" / job.name)
+            moved += 1
+    return f"set aside {here.node}'s obsolete data (epoch {arg.epoch}) in " \
+        f"{RECLAIMED / str(arg.epoch)}: tables, designation, {moved} spool job(s)"

@@ -17,6 +17,7 @@ from typing import Any
 
 from celery import Task, chain
 from celery.canvas import Signature
+from celery.utils import uuid
 
 from cosprint.domain import Domain
 from workers.app import app
@@ -126,11 +127,13 @@ class Engine:
 
     def _signature(self, row: L.StepRow, launch: int) -> Signature:
         env = {**row.envelope, "launch": launch}
-        task = app.tasks[row.task]
         opts: dict[str, Any] = {"queue": row.queue}
         if row.node:
             opts["expires"] = self.domain.control.step_expires
-        return task.si(run=env, step=row.input).set(**opts)
+        # By name, not from this process's task registry: a process that resumes a run
+        # (CLI, API) need not have imported the module that defines each of its steps.
+        return app.signature(row.task, kwargs={"run": env, "step": row.input},
+                             immutable=True).set(**opts)
 
     def resume(self, run_id: str) -> int:
         """Relaunch a failed run from its first step not done; returns that step's index."""
@@ -271,11 +274,14 @@ def each_task(here: Here, arg: EachInput) -> str:
         if r.state in L.DONE:
             continue
         env = {**r.envelope, "launch": launch}
-        res = app.send_task(r.task, kwargs={"run": env, "step": r.input}, queue=r.queue,
-                            expires=eng.domain.control.step_expires)
-        sent[r.node] = res.id
+        # Recorded as queued before it is sent: a quick worker's running/succeeded must
+        # never be overwritten by a late `queued` (it would then wait out its expiry).
+        task_id = uuid()
         led.update_step(r.run_id, r.idx, r.node, state=L.QUEUED, queued_at=time.time(),
-                        error=None, task_id=res.id)
+                        error=None, task_id=task_id)
+        app.send_task(r.task, kwargs={"run": env, "step": r.input}, queue=r.queue,
+                      expires=eng.domain.control.step_expires, task_id=task_id)
+        sent[r.node] = task_id
     expires = eng.domain.control.step_expires
     start = time.time()
     while True:

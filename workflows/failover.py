@@ -62,39 +62,49 @@ def tables_file(run_id: str, epoch: int) -> str:
 
 def failover_stages(domain: Domain, plan: FailoverPlan, run_id: str) -> list[Stage]:
     new = plan.epoch_after
-    file = tables_file(run_id, new)
     hosting = LockInput(run_id=run_id, lock=L.HOSTING_LOCK)
     stages: list[Stage] = [
         Do(take_lock, hosting),
-        Do(advance_epoch, AdvanceEpoch(expected_master=plan.master_before,
-                                       expected_epoch=plan.epoch_before,
-                                       master=plan.master_after, epoch=new), epoch=new),
-        Do(fence_server, FenceServer(server=plan.server), epoch=new),
-        Each(stop_cosprint, {n: NoInput() for n in plan.stop}, required=False, epoch=new),
-    ]
-    if plan.restore:
-        stages.append(Do(restore_snapshot, RestoreSnapshot(candidates=plan.restore),
-                         node=plan.bcs, epoch=new))
-    stages += [
-        Do(rehost_objects, RehostObjects(old_host=plan.server, new_host=plan.bcs),
-           node=plan.master_after, epoch=new),
-        Do(publish_tables, PublishTables(file=file, epoch=new), node=plan.master_after,
-           epoch=new),
-        Each(write_designation,
-             {n: WriteDesignation(master=plan.master_after, epoch=new) for n in plan.start},
-             required=False, epoch=new),
-        Each(restart_check,
-             {n: RestartCheck(master=plan.master_after, epoch=new, file=file)
-              for n in plan.start}, required=False, epoch=new),
-        Each(start_cosprint, {n: NoInput() for n in plan.start}, required=False, epoch=new),
-        Do(verify_failover, VerifyFailover(master=plan.master_after, epoch=new,
-                                           nodes=plan.start, probe_queue=plan.probe_queue),
-           epoch=new),
+        *move_hosting(plan, tables_file(run_id, new), fence=True),
     ]
     if domain.spec.hooks.post_failover:
         stages.append(Do(run_hook, RunHook(name="post_failover",
                                            argv=domain.spec.hooks.post_failover), epoch=new))
     stages.append(Do(release_lock, hosting, epoch=new))
+    return stages
+
+
+def move_hosting(plan: FailoverPlan, file: str, fence: bool) -> list[Stage]:
+    """The core shared by failover, switchover and failback: from the new epoch to a
+    verified domain where `plan.bcs` hosts what `plan.server` hosted."""
+    new = plan.epoch_after
+    stages: list[Stage] = [
+        Do(advance_epoch, AdvanceEpoch(expected_master=plan.master_before,
+                                       expected_epoch=plan.epoch_before,
+                                       master=plan.master_after, epoch=new)),
+    ]
+    if fence:
+        stages.append(Do(fence_server, FenceServer(server=plan.server)))
+    stages.append(Each(stop_cosprint, {n: NoInput() for n in plan.stop}, required=False))
+    if plan.restore:
+        stages.append(Do(restore_snapshot, RestoreSnapshot(candidates=plan.restore),
+                         node=plan.bcs))
+    stages += [
+        Do(rehost_objects, RehostObjects(old_host=plan.server, new_host=plan.bcs),
+           node=plan.master_after),
+        Do(publish_tables, PublishTables(file=file, epoch=new), node=plan.master_after),
+        Each(write_designation,
+             {n: WriteDesignation(master=plan.master_after, epoch=new) for n in plan.start},
+             required=False),
+        Each(restart_check,
+             {n: RestartCheck(master=plan.master_after, epoch=new, file=file)
+              for n in plan.start}, required=False),
+        Each(start_cosprint, {n: NoInput() for n in plan.start}, required=False),
+        Do(verify_failover, VerifyFailover(master=plan.master_after, epoch=new,
+                                           nodes=plan.start, probe_queue=plan.probe_queue)),
+    ]
+    for st in stages:
+        st.epoch = new
     return stages
 
 

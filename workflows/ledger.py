@@ -267,6 +267,16 @@ class Ledger:
             for r in rows
         ]
 
+    def step_by_task(self, task_id: str) -> StepRow | None:
+        """The step whose latest attempt ran as Celery task `task_id`, if any."""
+        with self.engine.connect() as conn:
+            key = conn.execute(select(steps.c.run_id, steps.c.idx, steps.c.node)
+                               .where(steps.c.task_id == task_id)).first()
+        if key is None:
+            return None
+        return next((s for s in self.steps(key.run_id)
+                     if (s.idx, s.node) == (key.idx, key.node)), None)
+
     def set_run_state(self, run_id: str, state: str, error: str | None = None,
                       conn: Connection | None = None) -> None:
         values: dict[str, Any] = {"state": state, "error": error}

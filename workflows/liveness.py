@@ -34,7 +34,10 @@ def probe_all(domain: Domain, nodes: list[str] | None = None,
     seen: dict[str, NodeSeen] = {}
     for node, result in pending.items():
         try:
-            report = result.get(timeout=max(0.05, deadline - time.time()))
+            # Worker processes forbid result.get() to keep tasks from deadlocking the
+            # pool; a probe from a worker's start-up thread blocks no pool slot.
+            report = result.get(timeout=max(0.05, deadline - time.time()),
+                                disable_sync_subtasks=False)
         except Exception:  # timeout, expired or revoked: the worker did not answer
             result.forget()
             report = None

@@ -34,6 +34,7 @@ class NodeSeen:
     snapshots: list[SnapshotSeen] = field(default_factory=list)  # newest first
     hosted: dict[str, int] = field(default_factory=dict)  # host → objects, its tables
     sample_queues: dict[str, str] = field(default_factory=dict)  # host → a queue it hosts
+    designation: dict[str, Any] | None = None  # its etc/master, as its worker read it
 
     @property
     def alive(self) -> bool:
@@ -49,7 +50,14 @@ class NodeSeen:
             snapshots=[SnapshotSeen(**s) for s in report.get("snapshots", [])],
             hosted=report.get("hosted", {}),
             sample_queues=report.get("sample_queues", {}),
+            designation=report.get("designation"),
         )
+
+    @property
+    def epoch(self) -> int | None:
+        """The epoch of its designation file; None when missing or unreadable."""
+        d = self.designation or {}
+        return d.get("epoch")
 
 
 @dataclass(frozen=True)
@@ -181,3 +189,90 @@ def plan_failover(domain: Domain, state: Designation, seen: dict[str, NodeSeen],
         stop=stop, start=alive, unreachable=unreachable, fence=failed.alive,
         probe_queue=target.sample_queues.get(req.server, ""), notes=notes,
     )
+
+
+# ----- planned moves: switchover, failback; and reclaim ------------------------------------
+def _planned_move(domain: Domain, state: Designation, seen: dict[str, NodeSeen],
+                  source: str, target: str) -> FailoverPlan | str:
+    """Hosting from a live `source` to `target`, with nothing lost: the source stops
+    first, and the master's tables travel fresh, not from an older backup."""
+    src = seen.get(source)
+    if src is None or not src.worker:
+        return f"{source}'s worker does not answer: a planned move needs it alive " \
+            "(use failover for a dead server)"
+    tgt = seen.get(target)
+    if tgt is None or not tgt.worker:
+        return f"{target}'s worker does not answer"
+    moving = tgt.hosted.get(source, 0) or src.hosted.get(source, 0)
+    if moving == 0:
+        return f"{source} hosts no objects: nothing to move"
+    master_after = target if state.master == source else state.master
+    if master_after != target and not (seen.get(master_after) and seen[master_after].worker):
+        return f"master {master_after} does not answer"
+    others = [n for n in domain.names() if n not in (source,)]
+    alive = [n for n in others if seen.get(n) and seen[n].worker]
+    unreachable = [n for n in others if n not in alive]
+    notes = [f"unreachable, will re-point when they return: {', '.join(unreachable)}"] \
+        if unreachable else []
+    return FailoverPlan(
+        server=source, bcs=target, master_before=state.master, master_after=master_after,
+        epoch_before=state.epoch, epoch_after=state.epoch + 1, restore=[], snapshot=None,
+        snapshot_age=0.0 if state.master == source else None, refused_snapshots=[],
+        moving=moving, stop=alive, start=alive, unreachable=unreachable, fence=False,
+        probe_queue=tgt.sample_queues.get(source, ""), notes=notes)
+
+
+def plan_switchover(domain: Domain, state: Designation, seen: dict[str, NodeSeen],
+                    server: str, to: str) -> FailoverPlan | str:
+    for name in (server, to):
+        if name not in domain.nodes:
+            return f"unknown node {name!r} (known: {', '.join(domain.nodes)})"
+    if domain.node(server).role != "server":
+        return f"{server} is a {domain.node(server).role}, not a server"
+    if domain.node(to).role != "bcs":
+        return f"{to} is a {domain.node(to).role}, not a bcs"
+    if to not in domain.covering_bcs(server):
+        return f"{to} does not cover {server}"
+    return _planned_move(domain, state, seen, server, to)
+
+
+def plan_failback(domain: Domain, state: Designation, seen: dict[str, NodeSeen], server: str,
+                  took_over: str | None, reclaim_needed: list[str]) -> FailoverPlan | str:
+    """Hosting back from the BCS that took `server` over, once `server` is reclaimed."""
+    if server not in domain.nodes:
+        return f"unknown node {server!r} (known: {', '.join(domain.nodes)})"
+    if domain.node(server).role != "server":
+        return f"{server} is a {domain.node(server).role}, not a server"
+    if took_over is None:
+        return f"{server} was never failed over: nothing to fail back"
+    me = seen.get(server)
+    if server in reclaim_needed or me is None or me.epoch is None or me.epoch < state.epoch:
+        return f"{server} is not reclaimed yet: run `cosfail reclaim {server}` first"
+    return _planned_move(domain, state, seen, took_over, server)
+
+
+@dataclass(frozen=True)
+class ReclaimPlan:
+    server: str
+    master: str
+    epoch: int
+    obsolete_epoch: int
+
+
+def plan_reclaim(domain: Domain, state: Designation, seen: dict[str, NodeSeen],
+                 server: str, reclaim_needed: list[str]) -> ReclaimPlan | str:
+    if server not in domain.nodes:
+        return f"unknown node {server!r} (known: {', '.join(domain.nodes)})"
+    if domain.node(server).role != "server":
+        return f"{server} is a {domain.node(server).role}, not a server"
+    if server == state.master:
+        return f"{server} is the master at epoch {state.epoch}: nothing to reclaim"
+    me = seen.get(server)
+    if me is None or not me.worker:
+        return f"{server}'s worker does not answer: start it (cosfail local revive) first"
+    stale = server in reclaim_needed or me.epoch is None or me.epoch < state.epoch
+    if not stale:
+        return (f"{server} is not stale (its designation is at epoch {me.epoch}, "
+                f"like the domain's): nothing to reclaim")
+    return ReclaimPlan(server=server, master=state.master, epoch=state.epoch,
+                       obsolete_epoch=me.epoch or 0)

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import logging
-import os
+import threading
 
 from cosprint.domain import Domain
 from workers.step import worker_id
@@ -24,15 +24,29 @@ def journal_for(domain: Domain) -> Engine:
 def on_worker_start(domain: Domain, node: str | None) -> None:
     """A (re)started worker fails the steps its previous process died in; a node's
     worker then runs restart-check, which decides whether its COSprint may start."""
-    from workflows.restart_check import start_restart_check
-
     eng = engine_mod.engine()
     for line in eng.reap_lost_steps(node=node or "", alive={worker_id()}):
         log.warning("%s", line)
-    if node and os.environ.get("COSFAIL_NO_RESTART_CHECK") != "1":
-        try:
-            run_id = start_restart_check(eng, node, f"worker:{node}", "worker started")
-        except Exception:  # never keep a worker from serving: the run is the record
-            log.exception("restart-check of %s could not start", node)
-            return
-        log.info("restart-check of %s: %s", node, run_id or "reclaim needed, left stopped")
+    if node:
+        # In a thread: reclaim probes this very worker, which must be consuming by then.
+        threading.Thread(target=_check_node, args=(eng, node), daemon=True).start()
+
+
+def _check_node(eng: Engine, node: str) -> None:
+    from workflows.liveness import probe_all
+    from workflows.reclaim import start_reclaim
+    from workflows.restart_check import start_restart_check
+
+    # worker_ready comes just before the consumer takes messages: wait until this worker
+    # answers its own probe, which reclaim's plan needs.
+    for _ in range(15):
+        if probe_all(eng.domain, [node], timeout=2.0)[node].worker:
+            break
+    try:
+        run_id = start_restart_check(eng, node, f"worker:{node}", "worker started")
+        if run_id is None and eng.domain.control.auto_reclaim:
+            run_id, _ = start_reclaim(eng, node, "auto", f"{node}'s worker returned")
+    except Exception:  # never keep a worker from serving: the ledger says what happened
+        log.exception("restart-check of %s could not start", node)
+        return
+    log.info("start-up check of %s: run %s", node, run_id or "reclaim needed, left stopped")
