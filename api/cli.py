@@ -251,6 +251,8 @@ def failover(
     best: Annotated[bool, typer.Option("--best", help="let cosfail choose the BCS")] = False,
     dry_run: DryRunOpt = False,
     force: Annotated[bool, typer.Option("--force", help="even if SERVER answers")] = False,
+    with_spool: Annotated[bool, typer.Option(
+        "--with-spool", help="also copy SERVER's pending spool files to the BCS")] = False,
     yes: YesOpt = False,
     domain: DomainOpt = None, wait: WaitOpt = False, as_json: JsonOpt = False,
     reason: ReasonOpt = "",
@@ -262,7 +264,8 @@ def failover(
     if (to is None) == (not best):
         raise refuse("give exactly one of --to BCS or --best")
     eng = _engine(domain)
-    req = FailoverRequest(server=server, to=to, best=best, force=force)
+    req = FailoverRequest(server=server, to=to, best=best, force=force,
+                          with_spool=with_spool)
     if (dry_run or not yes) and not _confirm_plan(plan_now(eng, req), dry_run, yes, as_json,
                                                   "Fail over"):
         return
@@ -371,11 +374,42 @@ def serve_api(domain: DomainOpt = None) -> None:
 @app.command()
 @guarded
 def flower(domain: DomainOpt = None) -> None:
-    """Serve Flower on [control].flower (basic auth from [control].flower_auth_file), with
-    each run's page and a Retry button on a failed step's task page."""
+    """Serve Flower at the domain's flower address, with basic auth from its
+    flower_auth_file, each run's page, and a Retry button on a failed step's page."""
     from api.flower import serve
 
     serve(_domain(domain))
+
+
+@app.command()
+@guarded
+def demo(
+    directory: Annotated[Path | None, typer.Option(help="where to create the domain")] = None,
+    objects: int = 10_000, as_json: JsonOpt = False,
+) -> None:
+    """The one-command demonstration: a domain saved from losing its master."""
+    from api import view
+    from workflows.demo import run_demo
+
+    console = err if as_json else out
+
+    def say(text: str) -> None:
+        console.print(f"[bold cyan]▶[/] {text}")
+
+    def show(eng, run_id: str):  # type: ignore[no-untyped-def]
+        return view.follow(eng, run_id, console)
+
+    try:
+        summary = run_demo(say, show, directory, objects)
+    except RuntimeError as exc:
+        err.print(f"[bold red]demo failed:[/] {exc}")
+        raise typer.Exit(EXIT_FAILED) from None
+    if as_json:
+        emit(summary)
+    else:
+        out.print(view.demo_summary(summary))
+    raise typer.Exit(0 if summary["jobs_lost"] == 0 and summary["failover_completed"]
+                     else EXIT_FAILED)
 
 
 # ----- local ----------------------------------------------------------------------------

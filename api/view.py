@@ -81,3 +81,21 @@ def status_view(st: dict[str, Any]) -> Table:
     if st["hosting_change_running"]:
         t.caption = (t.caption or "") + f"\nhosting change running: {st['hosting_change_running']}"
     return t
+
+
+def demo_summary(summary: dict[str, Any]) -> Table:
+    t = Table("run", "workflow", "state", "took", "steps",
+              title="cosfail demo: what happened")
+    for r in summary["runs"]:
+        style = STATE_STYLE.get(r["state"], "")
+        t.add_row(r["id"], r["workflow"], f"[{style}]{r['state']}[/]", f"{r['seconds']:.2f} s",
+                  str(len([s for s in r["steps"] if not s["member"]])))
+    lost = summary["jobs_lost"]
+    t.caption = (
+        f"srv1's queues out for {summary.get('outage_seconds')} s · jobs submitted "
+        f"{summary['jobs_submitted']}, accepted {summary['jobs_accepted']}, printed "
+        f"{summary['jobs_printed']}, " + (f"[bold red]lost {lost}[/]" if lost else
+                                          "[green]lost 0[/]")
+        + f" · client retries during the outage {summary['client_retries']}"
+        + f" · master now {summary['master']}")
+    return t

@@ -170,6 +170,10 @@ class LocalDomain:
         raise LocalError(f"workers did not answer within {timeout:g} s: {', '.join(missing)}")
 
     def up(self, with_services: bool = True) -> None:
+        from workflows.engine import Engine  # the ledger's schema, made once, here
+        from workflows.state import current_state
+
+        current_state(Engine(self.domain))
         self.ensure_broker()
         nodes = self.domain.names()
         for node in nodes:

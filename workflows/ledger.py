@@ -36,7 +36,7 @@ from sqlalchemy import (
     select,
     update,
 )
-from sqlalchemy.exc import IntegrityError
+from sqlalchemy.exc import IntegrityError, OperationalError
 
 from cosprint import authority
 from cosprint.errors import CosfailError
@@ -190,8 +190,16 @@ class Ledger:
         self._ensure_schema()
 
     def _ensure_schema(self) -> None:
-        metadata.create_all(self.engine)
-        authority.metadata.create_all(self.engine)
+        for attempt in range(5):
+            try:
+                metadata.create_all(self.engine)
+                authority.metadata.create_all(self.engine)
+                break
+            except OperationalError:
+                # Another process created the same table between our check and create.
+                if attempt == 4:
+                    raise
+                time.sleep(0.05 * (attempt + 1))
         with self.engine.begin() as conn:
             found = conn.execute(select(schema_version.c.version)).scalar()
             if found is None:

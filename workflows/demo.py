@@ -1,0 +1,225 @@
+"""The one-command demonstration: a domain on this machine, saved from losing its master.
+
+init a domain (2 servers, 1 BCS, 3 clients) → start it → back up → a steady stream of
+print jobs through the clients → kill the master server → fail it over → printing
+continues on the BCS → the server returns and is reclaimed as a slave → fail back →
+count every job: submitted, printed, lost.
+"""
+
+from __future__ import annotations
+
+import socket
+import tempfile
+import threading
+import time
+import uuid
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from sqlalchemy import select
+
+from cosprint import tables
+from cosprint.demo import init_demo
+from cosprint.domain import Domain, load_domain
+from cosprint.drivers import driver_for
+from workers.app import configure
+from workers.local import LocalDomain
+from workflows import ledger as L
+from workflows.backup import start_backup
+from workflows.engine import Engine
+from workflows.failover import start_failover
+from workflows.plan import FailoverRequest
+from workflows.state import current_state
+from workflows.switchover import start_failback
+
+Say = Callable[[str], None]
+RunShown = Callable[[Engine, str], dict[str, Any]]
+
+
+@dataclass
+class JobStream:
+    """A print client: jobs at a steady rate through the clients, retried while the
+    service is out (a 503 or no answer), as a real client queue would."""
+
+    domain: Domain
+    clients: list[str]
+    queues: list[str]
+    rate: float = 20.0
+    submitted: dict[str, str] = field(default_factory=dict)  # job id → queue
+    accepted: dict[str, float] = field(default_factory=dict)  # job id → when
+    refusals: int = 0
+    _stop: threading.Event = field(default_factory=threading.Event)
+    _thread: threading.Thread | None = None
+
+    def start(self) -> None:
+        self._thread = threading.Thread(target=self._run, daemon=True, name="jobs")
+        self._thread.start()
+
+    def stop(self) -> None:
+        self._stop.set()
+        if self._thread:
+            self._thread.join()
+
+    def _run(self) -> None:
+        n = 0
+        backlog: list[str] = []
+        while not self._stop.is_set():
+            job_id = f"job-{n:05d}-{uuid.uuid4().hex[:6]}"
+            self.submitted[job_id] = self.queues[n % len(self.queues)]
+            backlog.append(job_id)
+            n += 1
+            backlog = [j for j in backlog if not self._try(j)]
+            self._stop.wait(1.0 / self.rate)
+        deadline = time.time() + 60  # the stream ends: its backlog is still delivered
+        while backlog and time.time() < deadline:
+            backlog = [j for j in backlog if not self._try(j)]
+            time.sleep(0.1)
+
+    def _try(self, job_id: str) -> bool:
+        client = self.clients[hash(job_id) % len(self.clients)]
+        try:
+            code, _ = driver_for(self.domain, client).submit(
+                self.submitted[job_id], f"page of {job_id}", job_id=job_id, timeout=2.0)
+        except Exception:
+            code = 0
+        if code == 202:
+            self.accepted[job_id] = time.time()
+            return True
+        self.refusals += 1
+        return False
+
+    def printed(self) -> set[str]:
+        import json
+
+        done: set[str] = set()
+        for node in self.domain.names():
+            for sink in (self.domain.home(node) / "var" / "sink").glob("*.log"):
+                for line in sink.read_text().splitlines():
+                    try:
+                        done.add(json.loads(line)["job_id"])
+                    except (ValueError, KeyError):
+                        continue
+        return done
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def queues_of(domain: Domain, node: str, host: str, limit: int = 5) -> list[str]:
+    with tables.connect(domain.tables_url(node)) as conn:
+        q = tables.queues
+        rows = conn.execute(select(q.c.name).where(q.c.host == host).order_by(q.c.id)
+                            .limit(limit))
+        return [r.name for r in rows]
+
+
+def run_demo(say: Say, show_run: RunShown, directory: Path | None = None,
+             objects: int = 10_000) -> dict[str, Any]:
+    """The scenario; `say` narrates, `show_run` follows a run to its end."""
+    base = directory or Path(tempfile.mkdtemp(prefix="cosfail-demo-"))
+    say(f"creating a demo domain in {base}: 2 servers, 1 BCS, 3 clients, {objects} objects")
+    path = init_demo(base / "domain", servers=2, bcs=1, clients=3, objects=objects,
+                     broker=f"redis://127.0.0.1:{_free_port()}/0")
+    domain = load_domain(path)
+    configure(domain)
+    local = LocalDomain(domain)
+    summary: dict[str, Any] = {"domain": str(path), "runs": []}
+    stream: JobStream | None = None
+    try:
+        say("starting a broker of its own, a worker and a COSprint per node, and the API")
+        local.up(with_services=False)
+        local.start_api()
+        eng = Engine(domain)
+        current_state(eng)
+
+        def step(run_id: str) -> dict[str, Any]:
+            run = show_run(eng, run_id)
+            summary["runs"].append({
+                "id": run_id, "workflow": run["workflow"], "state": run["state"],
+                "seconds": round((run["finished_at"] or time.time()) - run["created_at"], 3),
+                "steps": [s.as_json() for s in eng.ledger.steps(run_id)]})
+            if run["state"] != L.SUCCEEDED:
+                raise RuntimeError(f"{run['workflow']} run {run_id} {run['state']}: "
+                                   f"{run['error']}")
+            return run
+
+        say("backing up the master's tables to the BCS")
+        step(start_backup(eng, "demo", "before trouble")[0])
+
+        srv1_queues = queues_of(domain, "cl1", "srv1")
+        stream = JobStream(domain, domain.names("client"),
+                           srv1_queues + queues_of(domain, "cl1", "srv2"))
+        say(f"printing: a stream of jobs through {', '.join(stream.clients)} "
+            f"to queues on srv1 and srv2")
+        stream.start()
+        time.sleep(2)
+
+        say("[bold red]killing srv1[/] (the master): its worker and its COSprint, SIGKILL")
+        killed = time.time()
+        local.kill("srv1")
+        time.sleep(1)
+
+        say("failing srv1 over to the best BCS")
+        started = start_failover(eng, FailoverRequest(server="srv1", best=True), "demo",
+                                 "srv1 died")
+        say(started.plan.summary())
+        step(started.run_id or "")
+        back = _first_accepted_after(stream, srv1_queues, killed)
+        summary["outage_seconds"] = round(back - killed, 3) if back else None
+        say(f"printing continues on {started.plan.bcs}: srv1's queues were out for "
+            f"{summary['outage_seconds']} s")
+        time.sleep(2)
+
+        say("srv1 returns: its worker restarts, finds itself stale, and is reclaimed")
+        local.revive("srv1")
+        reclaim = _wait_new_run(eng, "reclaim", 60)
+        step(reclaim)
+
+        say("failing back: srv1 hosts its objects again")
+        run_id, _ = start_failback(eng, "srv1", "demo", "srv1 is healthy again")
+        step(run_id or "")
+        time.sleep(2)
+    finally:
+        if stream:
+            stream.stop()
+            time.sleep(1)
+        say("stopping everything the demo started")
+        local.down()
+    printed = stream.printed() if stream else set()
+    accepted = set(stream.accepted) if stream else set()
+    summary.update(
+        jobs_submitted=len(stream.submitted) if stream else 0,
+        jobs_accepted=len(accepted), jobs_printed=len(accepted & printed),
+        jobs_lost=len(accepted - printed), client_retries=stream.refusals if stream else 0,
+        master=current_state(Engine(domain)).master,
+        failover_completed=any(r["workflow"] == "failover" and r["state"] == L.SUCCEEDED
+                               for r in summary["runs"]),
+    )
+    return summary
+
+
+def _first_accepted_after(stream: JobStream, queues: list[str], t: float) -> float | None:
+    deadline = time.time() + 30
+    while time.time() < deadline:
+        times = [at for j, at in list(stream.accepted.items())
+                 if at > t and stream.submitted[j] in queues]
+        if times:
+            return min(times)
+        time.sleep(0.05)
+    return None
+
+
+def _wait_new_run(eng: Engine, workflow: str, timeout: float) -> str:
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        runs = eng.ledger.runs(limit=5, workflow=workflow)
+        if runs:
+            return runs[0]["id"]
+        time.sleep(0.1)
+    raise RuntimeError(f"no {workflow} run started within {timeout:g} s")
+
