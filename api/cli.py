@@ -19,7 +19,7 @@ from rich.console import Console
 from cosprint.domain import Domain, load_domain
 from cosprint.errors import CosfailError
 
-app = typer.Typer(add_completion=False, no_args_is_help=True,
+app = typer.Typer(add_completion=False, no_args_is_help=True, rich_markup_mode=None,
                   help="cosfail: failover for COSprint print domains.")
 local_app = typer.Typer(no_args_is_help=True, help="Run the whole domain on this machine.")
 app.add_typer(local_app, name="local")
