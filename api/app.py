@@ -24,6 +24,7 @@ class FailoverBody(BaseModel):
     to: str | None = None
     best: bool = False
     force: bool = False
+    with_spool: bool = False
     dry_run: bool = False
     reason: str = ""
 
@@ -109,7 +110,7 @@ def create_app(domain: Domain) -> FastAPI:
         from workflows.plan import FailoverRequest
 
         req = FailoverRequest(server=body.server, to=body.to, best=body.best,
-                              force=body.force)
+                              force=body.force, with_spool=body.with_spool)
         started = start_failover(eng, req, who, body.reason, dry_run=body.dry_run)
         return {"run_id": started.run_id, "plan": asdict(started.plan)}
 

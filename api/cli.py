@@ -91,17 +91,23 @@ def init_demo(
     servers: int = 1,
     bcs: int = 1,
     clients: int = 2,
-    objects: int = 1000,
+    objects: Annotated[int | None, typer.Option(
+        help="objects in all [default: 1000; 60 with --driver cups]")] = None,
     coverage: Annotated[str, typer.Option(help="one|each")] = "one",
     broker: Annotated[str | None, typer.Option(help="broker URL")] = None,
+    driver: Annotated[str, typer.Option(
+        help="reference|cups: every node's COSprint is a cosprintd, or a real cupsd")
+    ] = "reference",
 ) -> None:
     """Write DIR/domain.toml and every node's home, with realistic objects."""
     from cosprint.demo import init_demo as make
 
     if coverage not in ("one", "each"):
         raise refuse(f"--coverage must be one or each, not {coverage!r}")
+    if driver not in ("reference", "cups"):
+        raise refuse(f"--driver must be reference or cups, not {driver!r}")
     path = make(directory, servers=servers, bcs=bcs, clients=clients, objects=objects,
-                coverage=coverage, broker=broker)  # type: ignore[arg-type]
+                coverage=coverage, broker=broker, driver=driver)  # type: ignore[arg-type]
     out.print(f"wrote {path}")
 
 
@@ -358,6 +364,17 @@ def status(domain: DomainOpt = None, as_json: JsonOpt = False) -> None:
         out.print(view.status_view(st))
 
 
+@app.command()
+@guarded
+def watch(domain: DomainOpt = None) -> None:
+    """Watch every node's worker and COSprint: record up/suspect/down in the ledger, run
+    [detect].notify_command on each transition and, only where [detect].auto_failover is
+    on, fail a confirmed-down server over to the best BCS, within its guards."""
+    from workflows.detect import watch as run_watch
+
+    run_watch(_engine(domain))
+
+
 @app.command("api")
 @guarded
 def serve_api(domain: DomainOpt = None) -> None:
@@ -379,6 +396,86 @@ def flower(domain: DomainOpt = None) -> None:
     from api.flower import serve
 
     serve(_domain(domain))
+
+
+HEALTH_COMPONENTS = ("worker", "control", "api", "flower", "beat", "broker")
+
+
+def _local_url(address: str, path: str) -> str:
+    """http://HOST:PORT/path for a listening address; a wildcard host means this host."""
+    host, _, port = address.rpartition(":")
+    host = host.strip("[]")
+    if host in ("", "0.0.0.0"):
+        host = "127.0.0.1"
+    elif host == "::":
+        host = "::1"
+    return f"http://{f'[{host}]' if ':' in host else host}:{port}{path}"
+
+
+def _http_ok(url: str, timeout: float) -> tuple[bool, str]:
+    import httpx
+
+    try:
+        # trust_env=False: a health probe of our own service never goes through a proxy
+        r = httpx.get(url, timeout=timeout, trust_env=False)
+    except httpx.HTTPError as exc:
+        return False, f"GET {url}: {type(exc).__name__}"
+    return r.status_code == 200, f"GET {url}: {r.status_code}"
+
+
+def _component_health(d: Domain, component: str, node: str | None,
+                      timeout: float) -> tuple[bool, str]:
+    if component == "api":
+        return _http_ok(_local_url(d.control.api, "/healthz"), timeout)
+    if component == "flower":
+        return _http_ok(_local_url(d.control.flower, "/healthcheck"), timeout)
+    from workers.app import BrokerUnreachable, check_broker, configure
+
+    try:
+        check_broker(d.broker_url, timeout=timeout)
+    except BrokerUnreachable as exc:
+        return False, str(exc)
+    if component in ("beat", "broker"):
+        return True, f"broker {d.broker_url} answers"
+    # Only workers named `<node>@…` (`control@…`) are asked, and the first answer ends
+    # the wait: a broadcast ping (workflows.liveness.ping) waits out its whole timeout.
+    name = node or "control"
+    replies = configure(d).control.ping(timeout=timeout, limit=1, pattern=f"{name}@*",
+                                        matcher="glob") or []
+    answered = [worker for reply in replies for worker in reply]
+    if answered:
+        return True, f"worker {answered[0]} answers"
+    return False, f"no {name} worker answers a ping within {timeout:g} s"
+
+
+@app.command()
+@guarded
+def health(
+    component: Annotated[str, typer.Argument(help="|".join(HEALTH_COMPONENTS))],
+    node: Annotated[str | None, typer.Option(help="the node (component worker)")] = None,
+    domain: DomainOpt = None,
+    timeout: Annotated[float, typer.Option(help="seconds to wait for an answer")] = 5.0,
+    as_json: JsonOpt = False,
+) -> None:
+    """Exit 0 when COMPONENT answers, 1 when it does not (for container healthchecks):
+    worker --node N / control: the worker answers a Celery ping; api: GET /healthz;
+    flower: GET /healthcheck; beat / broker: the broker answers."""
+    if component not in HEALTH_COMPONENTS:
+        raise refuse(f"unknown component {component!r} (one of: {', '.join(HEALTH_COMPONENTS)})")
+    if (component == "worker") != bool(node):
+        raise refuse("--node NAME goes with the worker component, and only with it")
+    d = _domain(domain)
+    if node:
+        d.node(node)
+    healthy, detail = _component_health(d, component, node, timeout)
+    label = f"worker {node}" if node else component
+    if as_json:
+        emit({"component": component, "node": node, "healthy": healthy, "detail": detail})
+    else:
+        (out if healthy else err).print(
+            f"{label}: {'healthy' if healthy else 'unhealthy'} ({detail})",
+            markup=False, highlight=False, soft_wrap=True)
+    raise typer.Exit(0 if healthy else EXIT_FAILED)
 
 
 @app.command()

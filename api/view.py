@@ -80,7 +80,42 @@ def status_view(st: dict[str, Any]) -> Table:
         t.caption = (t.caption + "\n" if t.caption else "") + f"{bcs}: {text}"
     if st["hosting_change_running"]:
         t.caption = (t.caption or "") + f"\nhosting change running: {st['hosting_change_running']}"
+    for line in detect_lines(st):
+        t.caption = (t.caption + "\n" if t.caption else "") + line
     return t
+
+
+def detect_lines(st: dict[str, Any]) -> list[str]:
+    """What the detector says: suspect nodes, and for each down server what to do."""
+    from rich.markup import escape as e
+
+    lines = []
+    refusals = (st.get("detect") or {}).get("suspect_refusals") or {}
+    for n in st.get("nodes", []):
+        live = n.get("liveness") or {}
+        if live.get("state") == "suspect":
+            lines.append(f"[yellow]{e(n['name'])} suspect[/] for "
+                         f"{live['unreachable_for']:.0f} s: {e(live['note'])}")
+            refused = refusals.get(n["name"])
+            if refused:
+                lines.append(f"  automatic failover: run {refused['run_id']} "
+                             f"{refused['state']}: {e(refused['reason'])}")
+    for d in st.get("down", []):
+        lines.append(f"[bold red]{e(d['server'])} DOWN[/] for {d['down_for']:.0f} s (since "
+                     f"{_t(d['unreachable_since'])}, confirmed by {e(str(d['confirmed_by']))})")
+        if d["command"]:
+            lines.append(f"  best bcs {e(d['best_bcs'])}; data lost: {e(d['data_loss'])}")
+            lines.append(f"  run: {e(d['command'])}")
+        elif d["refused"]:
+            lines.append(f"  {e(d['refused'])}")
+        auto = d.get("auto_failover") or {}
+        if auto.get("run_id"):
+            lines.append(f"  automatic failover: run {auto['run_id']} {auto['state']}"
+                         + (f": {e(auto['reason'])}" if auto["state"] == "refused" else ""))
+    watcher = (st.get("detect") or {}).get("watcher")
+    if st.get("detect") and not (watcher and watcher["active"]):
+        lines.append("[red]no detector running[/] (cosfail watch)")
+    return lines
 
 
 def demo_summary(summary: dict[str, Any]) -> Table:

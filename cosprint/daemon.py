@@ -315,6 +315,7 @@ class Service:
         self._accept_lock = threading.Lock()
         self._count_lock = threading.Lock()
         self._counts = {"accepted": 0, "forwarded": 0, "refused": 0}  # since this start
+        self._intake_open = True  # closed by a graceful stop, before its last drain
         self.printed: set[str] = set()
 
     # ----- lookups ---------------------------------------------------------------------
@@ -393,6 +394,10 @@ class Service:
             path = self.spool / f"{job_id}{JOB_SUFFIX}"
             if job_id in self.printed or path.exists():
                 return 202, {**answer, "duplicate": True}  # a client retry: still one job
+            if not self._intake_open:
+                self.count("refused")
+                return 503, {"error": f"{self.node}: stopping; send the job again",
+                             "retriable": True}
             job = {
                 "job_id": job_id,
                 "queue": queue,
@@ -405,6 +410,12 @@ class Service:
         log.info("accepted job %s for queue %s", job_id, queue)
         self.wake.set()
         return 202, answer
+
+    def close_intake(self) -> None:
+        """Refuse every job from now on (503, retriable), once any accept midway has
+        spooled its job: nothing accepted can land in the spool after the last drain."""
+        with self._accept_lock:
+            self._intake_open = False
 
     def forward(self, host: str, job: dict[str, Any], hops: int) -> tuple[int, dict[str, Any]]:
         if hops >= MAX_HOPS:
@@ -676,6 +687,9 @@ def serve(domain: Domain, node: str) -> int:
         while not stop.wait(1.0):
             pass
         log.info("stopping")
+        # A request already read may still be on its way to accept(): it is refused now
+        # rather than spooled after the drain below (and left unprinted).
+        service.close_intake()
         server.shutdown()
         service.wake.set()
         threads[2].join(timeout=30)  # the printer finishes the job it is on

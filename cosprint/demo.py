@@ -43,6 +43,10 @@ TABLES_FILE = "tables.db"  # Domain.tables_url's default, under the node's home
 SEED = 20240601  # the demo is the same every time it is written
 
 Coverage = Literal["one", "each"]
+DriverKind = Literal["reference", "cups"]
+# Objects when none are asked for: a CUPS demo makes one lpadmin call per printer and
+# class at every change of hosting, so it stays small.
+DEFAULT_OBJECTS = {"reference": 1000, "cups": 60}
 
 
 class DemoError(CosfailError):
@@ -60,11 +64,12 @@ def init_demo(
     servers: int = 1,
     bcs: int = 1,
     clients: int = 2,
-    objects: int = 1000,
+    objects: int | None = None,
     coverage: Coverage = "one",
     base_port: int | None = None,
     broker: str | None = None,
     ledger: str | None = None,
+    driver: DriverKind = "reference",
 ) -> Path:
     """Write `directory/domain.toml` and every node's home; return the domain file path.
 
@@ -72,7 +77,15 @@ def init_demo(
     `coverage="one"` every BCS covers every server; with `"each"` server i is covered by
     BCS ((i-1) % M) + 1. Ports are `base_port`, `base_port+1`, ... (nodes, then API, then
     Flower), or free ports of this machine when `base_port` is None.
+
+    `driver="cups"` makes every node's COSprint a real cupsd (servers and BCSs) or a
+    client.conf (clients), its printers behind the project's sink backend; `objects`
+    defaults to 1000, or 60 with CUPS.
     """
+    if driver not in DEFAULT_OBJECTS:
+        raise DemoError(f"driver: want 'reference' or 'cups', not {driver!r}")
+    if objects is None:
+        objects = DEFAULT_OBJECTS[driver]
     _check_args(servers, bcs, clients, objects, coverage, base_port, broker, ledger)
     directory = Path(directory).absolute()
     domain_file = directory / DEFAULT_DOMAIN_FILE
@@ -122,7 +135,8 @@ def init_demo(
         api=f"127.0.0.1:{api_port}",
         flower=f"127.0.0.1:{flower_port}",
         summary=f"{servers} server(s), {bcs} bcs, {clients} client(s), {objects} objects, "
-        f"coverage {coverage!r}",
+        f"coverage {coverage!r}" + (f", driver {driver!r}" if driver != "reference" else ""),
+        driver=driver,
     )
     # Validate before anything is written: the file must load as it is.
     try:
@@ -212,6 +226,7 @@ def _domain_toml(
     api: str,
     flower: str,
     summary: str,
+    driver: DriverKind = "reference",
 ) -> str:
     defaults = Control()
     lines = [
@@ -235,6 +250,8 @@ def _domain_toml(
         if name == MASTER:
             lines.append("master = true")
         lines += [f"home = {_q('nodes/' + name)}", f"port = {ports[name]}"]
+        if driver == "cups":  # the port is the cupsd's; jobs go to the sink backend
+            lines += ['driver = "cups"', "", "[node.cups]", "sink = true"]
     for b, servers in cover:
         lines += [
             "",

@@ -37,6 +37,18 @@ class SSHConfig(_Strict):
     known_hosts: str
 
 
+class CupsSettings(_Strict):
+    """`[node.cups]`: how the CUPS driver runs a node's cupsd (see cosprint/drivers/cups.py)."""
+
+    # Wrap every printer's device URI in the project's sink backend, which records each
+    # job in var/sink/ instead of sending it to a device (demo and tests).
+    sink: bool = False
+    cupsd: str = "/usr/sbin/cupsd"
+    server_bin: str = "/usr/lib/cups"  # the system's backends, filters and helpers
+    user: str = "lp"  # cups-files.conf User/Group: cupsd refuses to run jobs as root
+    group: str = "lp"
+
+
 class Hooks(_Strict):
     pre_failover: list[str] = []
     post_failover: list[str] = []
@@ -62,6 +74,17 @@ class Control(_Strict):
         return _check_name(v)
 
 
+class Detect(_Strict):
+    """`[detect]`: failure detection, and the guarded automatic failover (off by default)."""
+
+    down_after: float = Field(default=10.0, gt=0)  # seconds both unreachable before down
+    interval: float = Field(default=1.0, gt=0)  # seconds between two observations
+    auto_failover: bool = False
+    max_auto_per_hour: int = Field(default=1, ge=0)
+    max_data_loss: float = Field(default=900.0, gt=0)  # newest verified snapshot's max age
+    notify_command: list[str] = []  # argv, no shell; {node} and {state} substituted
+
+
 class Node(_Strict):
     name: str
     role: Role
@@ -72,7 +95,8 @@ class Node(_Strict):
     tables: str | None = None
     backup_area: str | None = None
     shared_spool: str | None = None
-    driver: Literal["reference"] = "reference"
+    driver: Literal["reference", "cups"] = "reference"
+    cups: CupsSettings | None = None
     fence_command: list[str] = []
     ssh: SSHConfig | None = None
 
@@ -92,10 +116,11 @@ class DomainFile(_Strict):
     node: list[Node] = Field(min_length=1)
     coverage: list[Coverage] = []
     hooks: Hooks = Hooks()
+    detect: Detect = Detect()
 
 
 def _check_name(v: str) -> str:
-    if not _NAME_RE.match(v):
+    if not _NAME_RE.fullmatch(v):
         raise ValueError(
             f"name {v!r} is not allowed (lower-case letter first, then a-z 0-9 _ -, "
             "at most 40 characters)"
@@ -198,6 +223,11 @@ def _cross_check(spec: DomainFile) -> str | None:
             return f"node[{i}] {n.name!r}: only a server can be master, not a {n.role}"
         if n.backup_area and n.role != "bcs":
             return f"node[{i}] {n.name!r}: backup_area belongs to a bcs, not a {n.role}"
+        if n.cups is not None and n.driver != "cups":
+            return f"node[{i}] {n.name!r}: [node.cups] needs driver = \"cups\""
+        if n.driver == "cups" and n.shared_spool:
+            return (f"node[{i}] {n.name!r}: a cupsd's spool cannot be shared with another "
+                    "cupsd; leave shared_spool unset (failover --with-spool copies it)")
     masters = [n.name for n in spec.node if n.master]
     if not masters:
         return "no master: mark exactly one server with master = true"

@@ -155,6 +155,36 @@ class Cluster:
             time.sleep(0.05)
         return False
 
+    def amend_domain(self, control: dict[str, object] | None = None, append: str = "") -> None:
+        """Edit domain.toml: set `[control]` keys, append TOML text (a `[hooks]` table,
+        say), and reload it here. Processes started afterwards (workers, CLI) read the
+        new file; to change what workers see, make the cluster with up=False first."""
+        path = self.domain.path
+        text = path.read_text()
+        if control:
+            lines = "".join(f"{k} = {json.dumps(v)}\n" for k, v in control.items())
+            assert text.count("[control]\n") == 1, text
+            text = text.replace("[control]\n", "[control]\n" + lines)
+        path.write_text(text + append)
+        self.domain = load_domain(path)
+        self.local = LocalDomain(self.domain)
+        configure(self.domain)
+        self.engine = Engine(self.domain)
+
+    def settle(self, timeout: float = 60.0) -> None:
+        """Wait until every node's start-up restart-check has run and no run is in flight,
+        so that a test comparing the ledger before and after sees only its own doing."""
+        nodes = set(self.domain.names())
+        deadline = time.time() + timeout
+        while True:
+            runs = self.ledger.runs(limit=1000)
+            checked = {r["params"].get("node") for r in runs if r["workflow"] == "restart-check"}
+            busy = [r["id"] for r in runs if r["state"] in ("planned", "running")]
+            if nodes <= checked and not busy:
+                return
+            assert time.time() < deadline, f"not settled: unchecked {nodes - checked}, {busy}"
+            time.sleep(0.05)
+
     def down(self) -> None:
         self.local.down()
 
@@ -183,3 +213,205 @@ def make_cluster(redis_server: RedisServer, tmp_path: Path) -> Iterator:  # type
     yield make
     for cluster in made:
         cluster.down()
+
+
+class FlowerServer:
+    """A real `cosfail flower` process of a cluster, and an HTTP client logged in to it."""
+
+    def __init__(self, cluster: Cluster, url: str) -> None:
+        import httpx
+
+        self.cluster = cluster
+        self.url = url
+        auth_file = cluster.domain.resolve(cluster.domain.control.flower_auth_file)
+        user, _, password = auth_file.read_text().strip().partition(":")
+        self.auth = (user, password)
+        self.client = httpx.Client(base_url=url, auth=self.auth, timeout=30)
+
+    def tasks(self, **params: object) -> dict[str, dict]:  # type: ignore[type-arg]
+        r = self.client.get("/api/tasks", params=params)
+        r.raise_for_status()
+        return r.json()
+
+    def wait_task(self, task_id: str, state: str, timeout: float = 30.0) -> dict:  # type: ignore[type-arg]
+        """Flower's record of a task once it has reached `state`."""
+        deadline = time.time() + timeout
+        info: dict = {}  # type: ignore[type-arg]
+        while time.time() < deadline:
+            r = self.client.get(f"/api/task/info/{task_id}")
+            info = r.json() if r.status_code == 200 else {}
+            if info.get("state") == state:
+                return info
+            time.sleep(0.1)
+        raise AssertionError(f"Flower never showed task {task_id} {state}: {info}")
+
+
+@pytest.fixture
+def flower() -> Iterator:  # type: ignore[type-arg]
+    """Factory: flower(cluster) starts `cosfail flower` for a running cluster (stopped
+    with it) and returns once Flower answers and receives the workers' task events."""
+    import httpx
+
+    from workflows.liveness import probe_all
+
+    def start(cluster: Cluster) -> FlowerServer:
+        comp = cluster.local.start_flower()
+        server = FlowerServer(cluster, comp.url)
+        deadline = time.time() + 30
+        while True:
+            assert comp.alive(), f"cosfail flower exited: {Path(comp.log).read_text()[-2000:]}"
+            try:
+                if server.client.get("/healthcheck").status_code == 200:
+                    break
+            except httpx.TransportError:
+                pass
+            assert time.time() < deadline, f"Flower did not answer: {comp.log}"
+            time.sleep(0.1)
+        node = cluster.domain.names()[0]
+        while not server.tasks(taskname="cosfail.node.probe"):
+            assert time.time() < deadline, f"Flower receives no task events: {comp.log}"
+            probe_all(cluster.domain, [node], timeout=2.0)
+            time.sleep(0.2)
+        return server
+
+    yield start
+
+
+class SSHD:
+    """A real OpenSSH sshd of the tests' own on 127.0.0.1:<free port>, root login by key.
+
+    Everything it needs is generated here: a host key, a user key authorised for root,
+    and a known_hosts file that knows the host key. `-D` keeps it in the foreground (its
+    pid is the listener's); each connection is served by child processes of it.
+    """
+
+    BINARY = "/usr/sbin/sshd"
+
+    def __init__(self, workdir: Path) -> None:
+        self.dir = workdir
+        self.port = free_port()
+        self.config = workdir / "sshd_config"
+        self.log = workdir / "sshd.log"
+        self.host_key = workdir / "host_key"
+        self.user_key = workdir / "user_key"
+        self.known_hosts = workdir / "known_hosts"
+        self.proc: subprocess.Popen[bytes] | None = None
+
+    @property
+    def address(self) -> str:
+        return f"127.0.0.1:{self.port}"
+
+    def keygen(self, path: Path) -> None:
+        subprocess.run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-C", path.name,  # noqa: S603, S607
+                        "-f", str(path)], check=True)
+
+    def fingerprint(self, pub: Path) -> str:
+        """`SHA256:...` of a public key file, as ssh-keygen prints it."""
+        out = subprocess.run(["ssh-keygen", "-l", "-f", str(pub)], check=True,  # noqa: S603, S607
+                             capture_output=True, text=True).stdout
+        return out.split()[1]
+
+    def known_hosts_line(self, pub: Path) -> str:
+        kind, key = pub.read_text().split()[:2]
+        return f"[127.0.0.1]:{self.port} {kind} {key}\n"
+
+    def start(self) -> None:
+        assert os.path.exists(self.BINARY), "openssh-server is not installed (.ci/run installs it)"
+        assert os.geteuid() == 0, "the sshd fixture runs sshd as root"
+        Path("/run/sshd").mkdir(parents=True, exist_ok=True)  # its privilege-separation dir
+        self.keygen(self.host_key)
+        self.keygen(self.user_key)
+        (self.dir / "authorized_keys").write_text(self.user_key.with_suffix(".pub").read_text())
+        self.known_hosts.write_text(self.known_hosts_line(self.host_key.with_suffix(".pub")))
+        self.config.write_text("\n".join([
+            f"Port {self.port}",
+            "ListenAddress 127.0.0.1",
+            f"HostKey {self.host_key}",
+            f"PidFile {self.dir / 'sshd.pid'}",
+            f"AuthorizedKeysFile {self.dir / 'authorized_keys'}",
+            "PermitRootLogin prohibit-password",
+            "StrictModes no",
+            "UsePAM no",
+            "PasswordAuthentication no",
+            "KbdInteractiveAuthentication no",
+            "Subsystem sftp internal-sftp",
+            "MaxStartups 100",
+            "",
+        ]))
+        self.proc = subprocess.Popen(  # noqa: S603
+            [self.BINARY, "-D", "-f", str(self.config), "-E", str(self.log)],
+            stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        deadline = time.time() + 10
+        while time.time() < deadline:
+            assert self.proc.poll() is None, f"sshd exited: {self.log.read_text()}"
+            try:
+                with socket.create_connection(("127.0.0.1", self.port), timeout=0.5) as s:
+                    if s.recv(64).startswith(b"SSH-2.0-"):
+                        return
+            except OSError:
+                time.sleep(0.05)
+        raise RuntimeError(f"sshd did not answer on {self.address}")
+
+    def stop(self) -> None:
+        self.kill_sessions()
+        if self.proc and self.proc.poll() is None:
+            self.proc.terminate()
+            self.proc.wait(timeout=10)
+
+    def sessions(self) -> list[int]:
+        """Pids of the processes serving connections: every descendant of the listener."""
+        assert self.proc is not None
+        children: dict[int, list[int]] = {}
+        for stat in Path("/proc").glob("[0-9]*/stat"):
+            try:
+                text = stat.read_text()
+            except OSError:
+                continue
+            fields = text[text.rindex(")") + 2:].split()
+            children.setdefault(int(fields[1]), []).append(int(stat.parent.name))
+        found, todo = [], [self.proc.pid]
+        while todo:
+            for kid in children.get(todo.pop(), []):
+                found.append(kid)
+                todo.append(kid)
+        return found
+
+    def kill_sessions(self) -> list[int]:
+        """SIGKILL every connection's processes (the listener stays): connections drop."""
+        pids = self.sessions()
+        for pid in pids:
+            try:
+                os.kill(pid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
+        return pids
+
+    def accepted(self) -> int:
+        """Connections authenticated so far (sshd logs one line for each)."""
+        return self.log.read_text().count("Accepted publickey for root")
+
+    def ssh_table(self, known_hosts: Path | None = None) -> dict[str, object]:
+        """A node's `[node.ssh]` reaching this sshd."""
+        return {"host": "127.0.0.1", "port": self.port, "user": "root",
+                "key_file": str(self.user_key),
+                "known_hosts": str(known_hosts or self.known_hosts)}
+
+
+@pytest.fixture(scope="session")
+def sshd(tmp_path_factory: pytest.TempPathFactory) -> Iterator[SSHD]:
+    server = SSHD(tmp_path_factory.mktemp("sshd"))
+    server.start()
+    yield server
+    server.stop()
+
+
+@pytest.fixture
+def fault_cluster(make_cluster, tmp_path: Path, monkeypatch: pytest.MonkeyPatch):  # type: ignore[no-untyped-def]
+    """Factory: a cluster whose workers honour failpoints (workers/failpoints.py)."""
+    failpoints = tmp_path / "failpoints"
+    monkeypatch.setenv("COSFAIL_FAILPOINTS_FILE", str(failpoints))
+
+    def make(**kw: object):  # type: ignore[no-untyped-def]
+        return make_cluster(**kw), failpoints
+
+    return make

@@ -123,7 +123,7 @@ INVALID: list[tuple[str, Callable[[dict], object], list[str]]] = [
     ("master_as_string", lambda d: node(d, "srv1").update(master="yes"), ["'srv1'.master"]),
     ("unknown_node_key",
      lambda d: node(d, "srv2").update(colour="red"), ["node[1] 'srv2'.colour", "Extra inputs"]),
-    ("unknown_driver", lambda d: node(d, "srv2").update(driver="cups"), ["'srv2'.driver"]),
+    ("unknown_driver", lambda d: node(d, "srv2").update(driver="lprng"), ["'srv2'.driver"]),
     ("backup_area_on_a_server",
      lambda d: node(d, "srv2").update(backup_area="x"), ["'srv2'", "backup_area belongs to a bcs"]),
     ("unknown_control_key", lambda d: d["control"].update(brokr="redis://x"), ["control.brokr"]),

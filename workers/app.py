@@ -28,6 +28,18 @@ def node_queue(node: str) -> str:
     return f"node.{node}"
 
 
+def route_by_envelope(name: str, args: object, kwargs: dict | None, options: dict,
+                      task: object = None, **_kw: object) -> dict[str, str] | None:
+    """A step sent without a queue (re-applied from Flower, say) goes to its node's queue.
+
+    Its `run` envelope names the node; a queue given explicitly still wins.
+    """
+    run = (kwargs or {}).get("run")
+    if name.startswith("cosfail.") and isinstance(run, dict) and "node" in run:
+        return {"queue": node_queue(run["node"]) if run["node"] else CONTROL_QUEUE}
+    return None
+
+
 def configure(domain: Domain) -> Celery:
     app.conf.update(
         broker_url=domain.broker_url,
@@ -45,6 +57,7 @@ def configure(domain: Domain) -> Celery:
         result_backend=domain.broker_url,
         result_expires=300,
         task_default_queue=CONTROL_QUEUE,
+        task_routes=(route_by_envelope,),
         worker_prefetch_multiplier=1,
         worker_send_task_events=True,
         task_send_sent_event=True,

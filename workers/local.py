@@ -14,6 +14,7 @@ import signal
 import subprocess
 import sys
 import time
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from urllib.parse import urlparse
@@ -155,6 +156,11 @@ class LocalDomain:
         return self._spawn("flower", self._cosfail("flower"),
                            url=f"http://{self.domain.control.flower}")
 
+    def start_watch(self) -> Component:
+        """The failure detector (`cosfail watch`): liveness, notifications and, where
+        `[detect].auto_failover` is on, the guarded automatic failover."""
+        return self._spawn("watch", self._cosfail("watch"))
+
     def wait_workers(self, nodes: list[str | None], timeout: float = 30.0) -> None:
         """Block until every named worker answers a ping."""
         from workers.app import app
@@ -186,6 +192,8 @@ class LocalDomain:
             self.start_api()
             self.start_flower()
         self.wait_workers([None, *nodes])
+        if with_services:  # once every worker answers: none starts out "suspect"
+            self.start_watch()
 
     def kill(self, node: str) -> None:
         """Lose a node: SIGKILL its worker and its COSprint, as a crash would."""
@@ -199,30 +207,35 @@ class LocalDomain:
         """Bring a node's worker back; its restart-check decides what COSprint does."""
         return self.start_worker(node)
 
-    def stop_component(self, comp: Component, timeout: float = 10.0) -> None:
-        if not comp.alive():
-            return
-        try:
-            os.killpg(comp.pid, signal.SIGTERM)
-        except ProcessLookupError:
-            return
+    def stop_components(self, comps: list[Component], timeout: float = 10.0) -> None:
+        """SIGTERM them all at once, wait for all, SIGKILL what is left."""
+        live = [c for c in comps if c.alive()]
+        for comp in live:
+            try:
+                os.killpg(comp.pid, signal.SIGTERM)
+            except ProcessLookupError:
+                pass
         deadline = time.time() + timeout
-        while time.time() < deadline and comp.alive():
-            _reap(comp.pid)
+        while time.time() < deadline and any(c.alive() for c in live):
+            for comp in live:
+                _reap(comp.pid)
             time.sleep(0.05)
-        if comp.alive():
-            os.killpg(comp.pid, signal.SIGKILL)
-            _reap(comp.pid)
+        for comp in live:
+            if comp.alive():
+                os.killpg(comp.pid, signal.SIGKILL)
+                _reap(comp.pid)
 
     def down(self) -> None:
         comps = self.components()
-        order = [c for n, c in comps.items() if n != "broker"]
-        for comp in order:
-            self.stop_component(comp)
-        for node in self.domain.names():
-            driver_for(self.domain, node).stop()
+        # The detector first: it must not watch the domain being stopped.
+        if "watch" in comps:
+            self.stop_components([comps["watch"]])
+        self.stop_components([c for n, c in comps.items() if n not in ("broker", "watch")])
+        drivers = [driver_for(self.domain, node) for node in self.domain.names()]
+        with ThreadPoolExecutor(max(1, len(drivers))) as pool:
+            list(pool.map(lambda d: d.stop(), drivers))
         if "broker" in comps:
-            self.stop_component(comps["broker"])
+            self.stop_components([comps["broker"]])
         self._save({})
 
     def status(self) -> list[dict[str, object]]:

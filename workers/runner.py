@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import faulthandler
 import logging
 import os
+import signal
 
 from celery.signals import worker_ready
 
@@ -30,6 +32,8 @@ def run_worker(domain: Domain, node: str | None, concurrency: int = 4,
     def _ready(**_kw: object) -> None:
         on_worker_start(domain, node)
 
+    # `kill -USR1 <pid>` writes every thread's stack to the log: how to see a stuck step.
+    faulthandler.register(signal.SIGUSR1, all_threads=True)
     queue = node_queue(node) if node else CONTROL_QUEUE
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
     app.worker_main([

@@ -32,6 +32,7 @@ from cosprint.domain import Domain
 from cosprint.driver import Driver
 from cosprint.drivers import driver_for
 from cosprint.errors import CosfailError, StaleEpochError
+from workers import failpoints
 from workers.app import CONTROL_QUEUE, app, current_domain, node_queue
 
 log = logging.getLogger("cosfail.step")
@@ -161,6 +162,10 @@ def step(name: str, input_type: type[S]) -> Callable[[StepFn], Task]:
             acks_late=True,
             reject_on_worker_lost=True,
             max_retries=MAX_RETRIES,
+            # Explicit: a task made before configure() would otherwise take Celery's
+            # default (False) and store every result in the backend. The ledger is the
+            # record of a step.
+            ignore_result=True,
         )
         def task(self: Task, run: dict[str, Any], step: dict[str, Any]) -> str:
             env = Envelope(**run)
@@ -186,6 +191,7 @@ def _run_step(self: Task, env: Envelope, fn: StepFn, arg: S) -> str:
         raise Ignore() from None
     if reason:
         _refuse(env, reason)
+    failpoints.hit(env.name, env.node, "before")
     try:
         result = fn(Here(domain, env.node), arg)
     except TRANSIENT as exc:
@@ -200,6 +206,7 @@ def _run_step(self: Task, env: Envelope, fn: StepFn, arg: S) -> str:
     except Exception as exc:
         journal().fail(env, f"{type(exc).__name__}: {exc}", final=True)
         raise
+    failpoints.hit(env.name, env.node, "after")
     outcome = result if isinstance(result, Outcome) else Outcome(result)
     journal().succeed(env, outcome, chained=bool(self.request.chain))
     return outcome.sentence

@@ -16,6 +16,7 @@ from sqlalchemy import func, select
 from cosprint import snapshot as snap
 from cosprint import tables
 from cosprint.designation import Designation
+from cosprint.drivers import driver_for
 from cosprint.errors import CosfailError, DriverError, SnapshotError, StaleEpochError
 from workers import transport
 from workers.app import app, current_domain
@@ -75,7 +76,8 @@ def ship_snapshot(here: Here, arg: ShipSnapshot) -> str:
     if is_verified(dest):
         return f"{arg.file} already verified on {here.node}"
     size = transport.fetch_snapshot(here.domain, arg.source, src, here.node, dest)
-    return f"copied {arg.file} ({size} bytes) from {arg.source} to {here.node}"
+    return (f"copied {arg.file} ({size} bytes) from {arg.source} to {here.node} "
+            f"{transport.how(here.domain, arg.source, here.node)}")
 
 
 @dataclass(frozen=True)
@@ -179,6 +181,26 @@ def probe(check_snapshots: bool = True) -> dict[str, object]:
     if check_snapshots and here.domain.node(here.node).role == "bcs":
         report["snapshots"] = snapshot_report(here, 0)
     return report
+
+
+@app.task(name="cosfail.node.check_peer", ignore_result=False, acks_late=False)
+def check_peer(node: str, worker: str | None = None, timeout: float = 0.5) -> dict[str, object]:
+    """A second opinion on `node`, from this node: does its COSprint answer here (its
+    status URL, from this host), and does its worker answer a ping sent over this
+    worker's own broker connection? The detector calls a server down only when another
+    node sees it gone too, so that a partition around the control plane alone does not
+    count."""
+    domain = current_domain()
+    cosprint = driver_for(domain, node).status() is not None
+    worker_answers = False
+    if not cosprint:  # an answering COSprint already contradicts "down"
+        # A fresh connection: a pooled one can drop every reply (workflows/liveness.py).
+        with app.connection_for_write() as conn:
+            replies = app.control.ping(destination=[worker] if worker else None,
+                                       timeout=timeout, connection=conn) or []
+        worker_answers = any(name.split("@")[0] == node for r in replies for name in r)
+    return {"from": this_node(), "node": node, "cosprint": cosprint,
+            "worker": worker_answers}
 
 
 def hosted_objects(here: Here) -> dict[str, int]:
@@ -319,6 +341,20 @@ def restart_check(here: Here, arg: RestartCheck) -> str:
         snap.manifest_path(local).unlink(missing_ok=True)
     driver.write_last_running(new)
     return f"re-pointed {here.node} from {last} to {new}"
+
+
+@dataclass(frozen=True)
+class CopySpool:
+    source: str  # the failed server
+
+
+@step("failover.copy_spool", CopySpool)
+def copy_spool(here: Here, arg: CopySpool) -> Outcome:
+    """The failed server's pending print jobs, into this BCS's spool (`--with-spool`):
+    streamed, resumable; nothing to copy when both share the spool; an unreachable
+    source is reported, not fatal."""
+    done = transport.copy_spool(here.domain, arg.source, here.node)
+    return Outcome(done.sentence, done.facts)
 
 
 @step("failover.start_cosprint", NoInput)

@@ -10,6 +10,7 @@ from cosprint import authority
 from cosprint.designation import Designation
 from cosprint.drivers import driver_for
 from cosprint.errors import CosfailError
+from workers import remote
 from workers.step import Here, step
 from workflows import ledger as L
 from workflows.engine import engine
@@ -87,7 +88,8 @@ FENCE_TIMEOUT = 30.0
 @step("failover.fence_server", FenceServer)
 def fence_server(here: Here, arg: FenceServer) -> str:
     """Make sure the failed server's COSprint cannot serve: a fence command, else a stop
-    of a COSprint this host can reach. Failure to reach it is reported, not fatal."""
+    over SSH when its node has `[node.ssh]`, else a stop of a COSprint this host can
+    reach. Failure to reach it is reported, not fatal."""
     node = here.domain.node(arg.server)
     if node.fence_command:
         argv = [a.replace("{node}", arg.server) for a in node.fence_command]
@@ -97,6 +99,8 @@ def fence_server(here: Here, arg: FenceServer) -> str:
             return (f"fence command for {arg.server} exited {done.returncode}: "
                     f"{done.stderr.strip()[:200]}")
         return f"fenced {arg.server} with its fence command"
+    if node.ssh is not None:  # stop its COSprint on its host, over SSH
+        return remote.fence_cosprint(here.domain, arg.server)
     driver = driver_for(here.domain, arg.server)
     if node.host == "localhost":
         return (f"fenced {arg.server}: stopped its COSprint" if driver.stop()

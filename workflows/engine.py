@@ -287,7 +287,10 @@ def each_task(here: Here, arg: EachInput) -> str:
     while True:
         rows = {r.node: r for r in led.steps(arg.run_id) if r.idx == arg.idx and r.member}
         waiting = [r for r in rows.values() if r.state not in (*L.DONE, L.FAILED)]
-        late = [r for r in waiting if r.state == L.QUEUED and time.time() - start > expires]
+        # Queued past its expiry: no worker took it. Running past the lock lease: its
+        # worker hangs; either way the stage stops waiting (DESIGN invariant 5).
+        late = [r for r in waiting if time.time() - start > (
+            expires if r.state in (L.QUEUED, L.PLANNED) else eng.domain.control.lock_lease)]
         if len(waiting) == len(late):
             break
         time.sleep(POLL)

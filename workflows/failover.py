@@ -3,8 +3,9 @@
 Read top to bottom, this is the chain (DESIGN section 2): the trigger plans and runs the
 preflight synchronously, so a refusal is an immediate answer and changes nothing; then
 take the domain lock → new epoch → fence the failed server → stop COSprint everywhere
-→ restore the snapshot on the BCS → rehost → publish the master's tables → write the
-designation everywhere → restart-check each node → start COSprint → verify → release.
+→ (with_spool: copy its pending spool files to the BCS) → restore the snapshot on the
+BCS → rehost → publish the master's tables → write the designation everywhere →
+restart-check each node → start COSprint → verify → release.
 """
 
 from __future__ import annotations
@@ -16,12 +17,14 @@ from dataclasses import asdict, dataclass
 from cosprint.domain import Domain
 from cosprint.errors import CosfailError
 from workers.steps import (
+    CopySpool,
     NoInput,
     PublishTables,
     RehostObjects,
     RestartCheck,
     RestoreSnapshot,
     WriteDesignation,
+    copy_spool,
     publish_tables,
     rehost_objects,
     restart_check,
@@ -60,12 +63,13 @@ def tables_file(run_id: str, epoch: int) -> str:
     return f"tables-e{epoch}-{run_id}.snap"
 
 
-def failover_stages(domain: Domain, plan: FailoverPlan, run_id: str) -> list[Stage]:
+def failover_stages(domain: Domain, plan: FailoverPlan, run_id: str,
+                    with_spool: bool = False) -> list[Stage]:
     new = plan.epoch_after
     hosting = LockInput(run_id=run_id, lock=L.HOSTING_LOCK)
     stages: list[Stage] = [
         Do(take_lock, hosting),
-        *move_hosting(plan, tables_file(run_id, new), fence=True),
+        *move_hosting(plan, tables_file(run_id, new), fence=True, spool=with_spool),
     ]
     if domain.spec.hooks.post_failover:
         stages.append(Do(run_hook, RunHook(name="post_failover",
@@ -74,9 +78,11 @@ def failover_stages(domain: Domain, plan: FailoverPlan, run_id: str) -> list[Sta
     return stages
 
 
-def move_hosting(plan: FailoverPlan, file: str, fence: bool) -> list[Stage]:
+def move_hosting(plan: FailoverPlan, file: str, fence: bool,
+                 spool: bool = False) -> list[Stage]:
     """The core shared by failover, switchover and failback: from the new epoch to a
-    verified domain where `plan.bcs` hosts what `plan.server` hosted."""
+    verified domain where `plan.bcs` hosts what `plan.server` hosted. With `spool`, the
+    BCS pulls the server's pending spool files once every COSprint is stopped."""
     new = plan.epoch_after
     stages: list[Stage] = [
         Do(advance_epoch, AdvanceEpoch(expected_master=plan.master_before,
@@ -86,9 +92,14 @@ def move_hosting(plan: FailoverPlan, file: str, fence: bool) -> list[Stage]:
     if fence:
         stages.append(Do(fence_server, FenceServer(server=plan.server)))
     stages.append(Each(stop_cosprint, {n: NoInput() for n in plan.stop}, required=False))
+    if spool:
+        stages.append(Do(copy_spool, CopySpool(source=plan.server), node=plan.bcs))
     if plan.restore:
         stages.append(Do(restore_snapshot, RestoreSnapshot(candidates=plan.restore),
                          node=plan.bcs))
+    for old, new_host in plan.replay:  # moves the restored snapshot predates
+        stages.append(Do(rehost_objects, RehostObjects(old_host=old, new_host=new_host),
+                         node=plan.master_after))
     stages += [
         Do(rehost_objects, RehostObjects(old_host=plan.server, new_host=plan.bcs),
            node=plan.master_after),
@@ -117,10 +128,25 @@ class Started:
 def plan_now(eng: Engine, req: FailoverRequest) -> FailoverPlan:
     """Probe the domain and plan; raise Refused with the reason when it cannot be done."""
     state = current_state(eng)
-    plan = plan_failover(eng.domain, state, probe_all(eng.domain), req, time.time())
+    plan = plan_failover(eng.domain, state, probe_all(eng.domain), req, time.time(),
+                         hosting_moves(eng))
     if isinstance(plan, str):
         raise Refused(plan)
     return plan
+
+
+HOSTING_MOVES = ("failover", "switchover", "failback")
+
+
+def hosting_moves(eng: Engine) -> list[tuple[int, str, str]]:
+    """(epoch, old host, new host) of every hosting move that succeeded, from the ledger."""
+    moves = []
+    for workflow in HOSTING_MOVES:
+        for run in eng.ledger.runs(limit=500, workflow=workflow):
+            plan = run["params"].get("plan") or {}
+            if run["state"] == L.SUCCEEDED and plan.get("bcs"):
+                moves.append((plan["epoch_after"], plan["server"], plan["bcs"]))
+    return moves
 
 
 def start_failover(eng: Engine, req: FailoverRequest, who: str, why: str = "",
@@ -141,7 +167,8 @@ def start_failover(eng: Engine, req: FailoverRequest, who: str, why: str = "",
     eng.ledger.acquire(L.HOSTING_LOCK, run_id, who, eng.domain.control.lock_lease)
     try:
         eng.create(WORKFLOW, params, who, why, plan.epoch_before,
-                   failover_stages(eng.domain, plan, run_id), run_id=run_id)
+                   failover_stages(eng.domain, plan, run_id, with_spool=req.with_spool),
+                   run_id=run_id)
         eng.launch(run_id)
     except Exception:
         eng.ledger.release(L.HOSTING_LOCK, run_id)

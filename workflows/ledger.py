@@ -31,6 +31,7 @@ from sqlalchemy import (
     and_,
     create_engine,
     event,
+    func,
     insert,
     or_,
     select,
@@ -109,6 +110,21 @@ snapshots = Table(
     Column("pruned", Boolean, nullable=False, default=False),
 )
 
+# Liveness as the detector (workflows/detect.py) saw it: one row per transition of a
+# node (up → suspect → down → up), or a new verdict while suspect; never updated.
+liveness = Table(
+    "liveness",
+    metadata,
+    Column("id", Integer, primary_key=True, autoincrement=True),
+    Column("node", String(40), nullable=False, index=True),
+    Column("state", String(20), nullable=False),
+    Column("prev_state", String(20)),
+    Column("at", Float, nullable=False),
+    Column("unreachable_since", Float),  # first observation with worker and COSprint gone
+    Column("confirmed_by", String(40)),  # the peer whose worker confirmed it down
+    Column("note", Text, nullable=False, default=""),
+)
+
 # Step and run states.
 PLANNED, QUEUED, RUNNING, RETRYING = "planned", "queued", "running", "retrying"
 SUCCEEDED, FAILED, SKIPPED = "succeeded", "failed", "skipped"
@@ -118,6 +134,7 @@ REFUSED = "refused"
 
 HOSTING_LOCK = "hosting"
 BACKUP_LOCK = "backup"
+DETECT_LOCK = "detect"  # held (and renewed every tick) by the one active detector
 
 
 class LedgerError(CosfailError):
@@ -405,6 +422,38 @@ class Ledger:
             snapshots.c.created_at.desc())
         if bcs:
             q = q.where(snapshots.c.bcs == bcs)
+        with self.engine.connect() as conn:
+            return [dict(r) for r in conn.execute(q).mappings()]
+
+    def lock_row(self, name: str) -> dict[str, Any] | None:
+        """The lock's row (holder, owner, acquired_at, lease_until), expired or not."""
+        with self.engine.connect() as conn:
+            row = conn.execute(select(locks).where(locks.c.name == name)).mappings().first()
+        return dict(row) if row else None
+
+    # ----- liveness (the detector's transitions) ---------------------------------------
+    def record_liveness(self, node: str, state: str, at: float, prev_state: str | None,
+                        unreachable_since: float | None = None,
+                        confirmed_by: str | None = None, note: str = "") -> None:
+        with self.tx() as conn:
+            conn.execute(insert(liveness).values(
+                node=node, state=state, prev_state=prev_state, at=at,
+                unreachable_since=unreachable_since, confirmed_by=confirmed_by, note=note))
+
+    def liveness_now(self) -> dict[str, dict[str, Any]]:
+        """Each node's latest liveness row."""
+        newest = (select(liveness.c.node, func.max(liveness.c.id).label("id"))
+                  .group_by(liveness.c.node).subquery())
+        q = select(liveness).join(newest, liveness.c.id == newest.c.id)
+        with self.engine.connect() as conn:
+            return {r["node"]: dict(r) for r in conn.execute(q).mappings()}
+
+    def liveness_history(self, node: str | None = None,
+                         limit: int = 100) -> list[dict[str, Any]]:
+        """Liveness rows, newest first."""
+        q = select(liveness).order_by(liveness.c.id.desc()).limit(limit)
+        if node:
+            q = q.where(liveness.c.node == node)
         with self.engine.connect() as conn:
             return [dict(r) for r in conn.execute(q).mappings()]
 

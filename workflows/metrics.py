@@ -40,6 +40,17 @@ def render(eng: Engine) -> str:
                           and r["state"] == L.SUCCEEDED), None)
     if last_failover:
         rto.set(last_failover["finished_at"] - last_failover["created_at"])
+    # Liveness as the detector last recorded it (workflows/detect.py).
+    live = eng.ledger.liveness_now()
+    for state in ("up", "suspect", "down"):
+        Gauge(f"cosfail_nodes_{state}", f"Nodes the detector sees {state}",
+              registry=reg).set(sum(1 for r in live.values() if r["state"] == state))
+    down_since = Gauge("cosfail_node_down_since_seconds",
+                       "Unix time since which a down node has been unreachable", ["node"],
+                       registry=reg)
+    for node, r in live.items():
+        if r["state"] == "down":
+            down_since.labels(node).set(r["unreachable_since"] or r["at"])
     for r in all_runs[:100]:
         for s in eng.ledger.steps(r["id"]):
             if s.started_at and s.finished_at and s.state == L.SUCCEEDED:

@@ -7,6 +7,7 @@ will be lost), what moves, which nodes stop and start, or the reason to refuse.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -66,6 +67,7 @@ class FailoverRequest:
     to: str | None = None  # a BCS, or None with best=True
     best: bool = False
     force: bool = False
+    with_spool: bool = False  # also copy the server's pending spool files to the BCS
 
 
 @dataclass(frozen=True)
@@ -87,6 +89,9 @@ class FailoverPlan:
     fence: bool  # the failed server still answers and must be fenced
     probe_queue: str  # a queue that moves: the verification job goes there
     notes: list[str]
+    # Hosting moves (old host, new host) made after the restored snapshot was taken:
+    # re-applied after the restore, so that restoring it undoes no earlier failover.
+    replay: list[tuple[str, str]] = field(default_factory=list)
 
     def summary(self) -> str:
         loss = (f"snapshot {self.snapshot}, {self.snapshot_age:.0f} s old"
@@ -139,8 +144,14 @@ def choose_bcs(domain: Domain, req: FailoverRequest, seen: dict[str, NodeSeen],
 
 
 def plan_failover(domain: Domain, state: Designation, seen: dict[str, NodeSeen],
-                  req: FailoverRequest, now: float) -> FailoverPlan | str:
-    """The plan, or the reason to refuse (nothing has changed either way)."""
+                  req: FailoverRequest, now: float,
+                  moves: Sequence[tuple[int, str, str]] = ()) -> FailoverPlan | str:
+    """The plan, or the reason to refuse (nothing has changed either way).
+
+    `moves`: (epoch, old host, new host) of every hosting move that succeeded (the
+    ledger's failovers, switchovers, failbacks); those newer than the snapshot to be
+    restored are replayed after it.
+    """
     if req.server not in domain.nodes:
         return f"unknown node {req.server!r} (known: {', '.join(domain.nodes)})"
     role = domain.node(req.server).role
@@ -166,12 +177,16 @@ def plan_failover(domain: Domain, state: Designation, seen: dict[str, NodeSeen],
     if not master_changes and not seen.get(state.master, NodeSeen("", False)).worker:
         return f"master {state.master} does not answer: fail it over first"
     restore, snapshot, age, refused = [], None, None, []
+    replay: list[tuple[str, str]] = []
     if master_changes:
         good = good_snapshots(target)
-        restore = [s.file for s in good]
+        # Only snapshots of the chosen one's epoch: the replay below is computed for it.
+        restore = [s.file for s in good if s.epoch == good[0].epoch]
         snapshot, age = good[0].file, max(0.0, now - good[0].created_at)
         newer = target.snapshots[: target.snapshots.index(good[0])]
         refused = [f"{s.file}: {s.reason}" for s in newer]
+        replay = [(old, new) for ep, old, new in sorted(moves)
+                  if good[0].epoch < ep <= state.epoch]
     others = [n for n in domain.names() if n != req.server]
     alive = [n for n in others if seen.get(n) and seen[n].worker]
     stop = alive + ([req.server] if failed.worker else [])
@@ -179,6 +194,9 @@ def plan_failover(domain: Domain, state: Designation, seen: dict[str, NodeSeen],
     if refused:
         notes.append(f"newer snapshot(s) refused, restoring the last good one: "
                       f"{'; '.join(refused)}")
+    if replay:
+        notes.append(f"{snapshot} predates later hosting changes, re-applied after the "
+                     f"restore: {', '.join(f'{o} → {n}' for o, n in replay)}")
     unreachable = [n for n in others if n not in alive]
     if unreachable:
         notes.append(f"unreachable, will re-point when they return: {', '.join(unreachable)}")
@@ -187,7 +205,7 @@ def plan_failover(domain: Domain, state: Designation, seen: dict[str, NodeSeen],
         epoch_before=state.epoch, epoch_after=state.epoch + 1, restore=restore,
         snapshot=snapshot, snapshot_age=age, refused_snapshots=refused, moving=moving,
         stop=stop, start=alive, unreachable=unreachable, fence=failed.alive,
-        probe_queue=target.sample_queues.get(req.server, ""), notes=notes,
+        probe_queue=target.sample_queues.get(req.server, ""), notes=notes, replay=replay,
     )
 
 

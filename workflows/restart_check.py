@@ -10,6 +10,7 @@ its objects now live elsewhere and only reclaim may bring it back.
 from __future__ import annotations
 
 import logging
+import time
 
 from cosprint.designation import Designation
 from cosprint.drivers import driver_for
@@ -54,9 +55,27 @@ def restart_check_stages(node: str, state: Designation, run_id: str,
     ]
 
 
+LOCK_POLL = 0.2
+
+
+def wait_for_hosting_change(eng: Engine, node: str) -> None:
+    """Hold back while a hosting change owns the domain: its lock is held, by a running
+    run or by a failed one awaiting resume. Until it ends, the authoritative master's
+    tables are not the domain's truth yet (a restore or rehost may be pending), and the
+    run itself re-points the nodes it planned for. Bounded by the lock's lease."""
+    waited_for = None
+    while (holder := eng.ledger.holder(L.HOSTING_LOCK)) is not None:
+        if holder != waited_for:
+            log.info("restart-check of %s waits for hosting change run %s", node, holder)
+            waited_for = holder
+        time.sleep(LOCK_POLL)
+
+
 def start_restart_check(eng: Engine, node: str, who: str, why: str) -> str | None:
     """Create and launch a restart-check run for `node`; None when it must wait for a
-    reclaim instead (recorded as a refused run whose reason says so)."""
+    reclaim instead (recorded as a refused run whose reason says so). Blocks while a
+    hosting change holds the domain lock (see `wait_for_hosting_change`)."""
+    wait_for_hosting_change(eng, node)
     state = current_state(eng)
     driver = driver_for(eng.domain, node)
     own, last = driver.read_designation(), driver.read_last_running()

@@ -4,10 +4,12 @@ from __future__ import annotations
 
 import logging
 import threading
+import time
 
 from cosprint.domain import Domain
 from workers.step import worker_id
 from workflows import engine as engine_mod
+from workflows import ledger as L
 from workflows.engine import Engine
 
 log = logging.getLogger("cosfail.worker")
@@ -42,6 +44,13 @@ def _check_node(eng: Engine, node: str) -> None:
     for _ in range(15):
         if probe_all(eng.domain, [node], timeout=2.0)[node].worker:
             break
+    # A hosting change in flight owns every node's designation and COSprint: checking now
+    # would act on half-changed state. It re-points this node itself, or its end (or
+    # lease) lets this check run on the state it left.
+    deadline = time.time() + eng.domain.control.lock_lease
+    while (holder := eng.ledger.holder(L.HOSTING_LOCK)) and time.time() < deadline:
+        log.info("start-up check of %s waits for run %s to end", node, holder)
+        time.sleep(1.0)
     try:
         run_id = start_restart_check(eng, node, f"worker:{node}", "worker started")
         if run_id is None and eng.domain.control.auto_reclaim:

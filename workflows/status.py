@@ -6,6 +6,7 @@ import time
 from typing import Any
 
 from workflows import ledger as L
+from workflows.detect import report as detector_report
 from workflows.engine import Engine
 from workflows.liveness import probe_all
 from workflows.state import current_state
@@ -48,8 +49,14 @@ def domain_status(eng: Engine, probe_timeout: float = 1.0) -> dict[str, Any]:
         else:
             backups[bcs] = None
     holder = eng.ledger.holder(L.HOSTING_LOCK)
+    # The detector's view (workflows/detect.py): liveness per node, and for each down
+    # server since when, the BCS --best would choose, the snapshot's age, the command.
+    detected = detector_report(eng, seen, now)
+    for n in nodes:
+        n["liveness"] = detected["liveness"].get(n["name"])
     return {
         "domain": eng.domain.control.name, "master": state.master, "epoch": state.epoch,
         "nodes": nodes, "backups": backups, "hosting_change_running": holder,
         "backup_running": eng.ledger.holder(L.BACKUP_LOCK), "reclaim_needed": needs,
+        "down": detected["down"], "detect": detected["detect"],
     }

@@ -1,0 +1,1 @@
+"""Benchmarks (`python bench/backup.py`): measured, never asserted in tests."""

@@ -1,0 +1,645 @@
+"""Failure detection, the failover recommendation, and the guarded automatic failover.
+
+The detector watches every node from the control plane about once a second: its worker
+(a Celery ping through the broker) and its COSprint (the driver's `status()`). Each
+node goes up → suspect → down → up, and every transition is a row in the ledger's
+`liveness` table, with `[detect].notify_command` run once for it.
+
+A node is *down* only when both its worker and its COSprint have been unreachable from
+the control plane for `[detect].down_after` seconds AND another node agrees: the
+detector sends `cosfail.node.check_peer` to the queues of up to two live peers, which
+try the node's COSprint status URL from their own host and ping its worker over their
+own broker connection. A peer that still reaches either one vetoes "down": a partition
+around the control plane alone never counts. (The worker side of the peer's opinion
+travels through the same broker as ours, so it is a second observer, not a second path;
+the COSprint check from the peer's host is the independent one.)
+
+Where `[detect].auto_failover` is on, a confirmed-down server is failed over to the BCS
+`--best` would choose, by the same `start_failover`, triggered by `auto`, unless a
+guard stops it: a hosting change runs, `max_auto_per_hour` is reached, the newest
+verified snapshot is older than `max_data_loss`, no second node confirmed, no control
+worker answers (or the pre-failover hook vetoes, which `start_failover` records). Each
+refusal is a `refused` failover run in the ledger, with the reasons, recorded once per
+outage and set of guards; `cosfail status` shows it. A server that answers again before
+the failover starts cancels it; one that returns after is reclaim's (its objects are
+hosted elsewhere by then), never a second failover's.
+
+The decisions are pure functions at the top of this file; `Detector` does the I/O.
+"""
+
+from __future__ import annotations
+
+import logging
+import shlex
+import signal
+import subprocess
+import threading
+import time
+import uuid
+from collections.abc import Sequence
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import asdict, dataclass, replace
+from typing import Any
+
+from cosprint.domain import Detect, Domain
+from workflows import ledger as L
+
+log = logging.getLogger("cosfail.detect")
+
+UP, SUSPECT, DOWN = "up", "suspect", "down"
+HOUR = 3600.0
+PEERS = 2  # how many live peers are asked for a second opinion
+PING_TIMEOUT = 0.5
+CONFIRM_TIMEOUT = 2.0
+NOTIFY_TIMEOUT = 30.0
+RETRY_AFTER = 30.0  # seconds before a vetoed or unplannable automatic failover is retried
+
+
+# ----- pure decisions --------------------------------------------------------------------
+@dataclass(frozen=True)
+class Seen:
+    """One node, as the control plane observed it just now."""
+
+    worker: bool
+    cosprint: bool
+
+    @property
+    def reachable(self) -> bool:
+        return self.worker or self.cosprint
+
+
+@dataclass(frozen=True)
+class Confirmation:
+    """What the peers asked about a node said, judged."""
+
+    confirmed: bool
+    by: str | None  # the peer that confirmed
+    detail: str
+
+
+@dataclass(frozen=True)
+class Liveness:
+    node: str
+    state: str  # UP, SUSPECT, DOWN
+    since: float  # when this state began
+    unreachable_since: float | None = None  # first observation with both gone
+    confirmed_by: str | None = None
+    note: str = ""
+    # Set once peers were asked while suspect and did not confirm: why not.
+    unconfirmed: str | None = None
+
+
+def judge_confirmation(node: str, asked: Sequence[str],
+                       answers: dict[str, dict[str, Any] | None]) -> Confirmation:
+    """Down is confirmed when a peer sees neither the node's COSprint nor its worker and
+    no peer sees either one (a peer that does is evidence of a partition around us)."""
+    if not asked:
+        return Confirmation(False, None, "no other node's worker answers to confirm")
+    seeing, blind, silent = [], [], []
+    for peer in asked:
+        a = answers.get(peer)
+        if a is None:
+            silent.append(peer)
+        elif a.get("cosprint") or a.get("worker"):
+            what = " and ".join(k for k in ("COSprint", "worker") if a.get(k.lower()))
+            seeing.append(f"{peer} still reaches its {what}")
+        else:
+            blind.append(peer)
+    if seeing:
+        return Confirmation(False, None, "; ".join(seeing))
+    if blind:
+        return Confirmation(True, blind[0],
+                            f"{', '.join(blind)} reach neither its COSprint nor its worker")
+    return Confirmation(False, None, f"no answer from {', '.join(silent)}")
+
+
+def wants_confirmation(prev: Liveness | None, now: float, down_after: float) -> bool:
+    """Ask peers in this observation round: the node has been unreachable long enough."""
+    return (prev is not None and prev.state == SUSPECT and prev.unreachable_since is not None
+            and now - prev.unreachable_since >= down_after)
+
+
+def transition(prev: Liveness | None, node: str, seen: Seen, now: float, down_after: float,
+               confirmation: Confirmation | None = None) -> Liveness:
+    """The node's liveness after observing `seen` at `now`.
+
+    Up as soon as either its worker or its COSprint answers. Otherwise suspect, and
+    down only once both have been unreachable for `down_after` seconds and a peer
+    confirmed it in this round. Down stays down until the node answers again.
+    """
+    if seen.reachable:
+        if prev is not None and prev.state == UP:
+            return prev
+        what = " and ".join(k for k, ok in (("worker", seen.worker),
+                                            ("COSprint", seen.cosprint)) if ok)
+        note = f"{what} answer{'s' if 'and' not in what else ''} again"
+        if prev is not None and prev.unreachable_since is not None:
+            note += f" after {now - prev.unreachable_since:.1f} s"
+        return Liveness(node, UP, now, note=note if prev is not None else "")
+    if prev is not None and prev.state == DOWN:
+        return prev
+    start = prev.unreachable_since if prev is not None and prev.state == SUSPECT \
+        and prev.unreachable_since is not None else now
+    since = prev.since if prev is not None and prev.state == SUSPECT else now
+    elapsed = now - start
+    if elapsed >= down_after and confirmation is not None:
+        if confirmation.confirmed:
+            return Liveness(node, DOWN, now, start, confirmation.by,
+                            f"worker and COSprint unreachable from the control plane for "
+                            f"{elapsed:.1f} s; confirmed by {confirmation.by}: "
+                            f"{confirmation.detail}")
+        return Liveness(node, SUSPECT, since, start,
+                        note=f"unreachable from the control plane, but not confirmed by "
+                             f"another node: {confirmation.detail}",
+                        unconfirmed=confirmation.detail)
+    if prev is not None and prev.state == SUSPECT:
+        return prev  # same verdict: nothing new to record
+    return Liveness(node, SUSPECT, now, start,
+                    note="worker and COSprint unreachable from the control plane")
+
+
+def worth_recording(prev: Liveness | None, new: Liveness) -> bool:
+    """A ledger row: a change of state, or a new verdict on a suspect node."""
+    return prev is None or prev.state != new.state or (
+        new.state == SUSPECT and new.unconfirmed != prev.unconfirmed)
+
+
+def worth_notifying(prev: Liveness | None, new: Liveness) -> bool:
+    """notify_command runs once per transition; a first sighting of a healthy node is
+    not one."""
+    if prev is None:
+        return new.state != UP
+    return prev.state != new.state
+
+
+def notify_argv(template: Sequence[str], node: str, state: str) -> list[str]:
+    """The notify command's argv: `{node}` and `{state}` substituted inside each
+    argument, never split or shell-interpreted."""
+    return [a.replace("{node}", node).replace("{state}", state) for a in template]
+
+
+def resume(row: dict[str, Any] | None, now: float) -> Liveness | None:
+    """A node's liveness from its latest ledger row, for a (re)starting detector. A
+    suspect node's clock starts again: nobody watched it in between."""
+    if row is None:
+        return None
+    if row["state"] == SUSPECT:
+        return Liveness(row["node"], SUSPECT, now, now, note=row["note"])
+    return Liveness(row["node"], row["state"], row["at"], row["unreachable_since"],
+                    row["confirmed_by"], row["note"])
+
+
+def lease_for(cfg: Detect) -> float:
+    """How long the active detector's lock outlives its last tick."""
+    return max(5.0, 5 * cfg.interval)
+
+
+def failover_candidate(liv: Liveness, now: float, down_after: float) -> bool:
+    """Whether the automatic failover is considered for this node now: it is down, or
+    has been unreachable long enough but no peer confirmed it (a guard then says so)."""
+    if liv.state == DOWN:
+        return True
+    return (liv.state == SUSPECT and liv.unconfirmed is not None
+            and liv.unreachable_since is not None
+            and now - liv.unreachable_since >= down_after)
+
+
+def hosted_elsewhere(server: str, moves: Sequence[tuple[int, str, str]]) -> tuple[int, str] | None:
+    """(epoch, new host) when the ledger's hosting moves left `server` hosting nothing."""
+    where: tuple[int, str] | None = None
+    for epoch, old, new in sorted(moves):
+        if old == server:
+            where = (epoch, new)
+        elif new == server:
+            where = None
+    return where
+
+
+def already_handled(server: str, liv: Liveness, failovers: Sequence[dict[str, Any]],
+                    moves: Sequence[tuple[int, str, str]]) -> str | None:
+    """Why no automatic failover is due at all: one already ran in this outage, or the
+    server's objects are hosted elsewhere (its return is reclaim's job)."""
+    start = liv.unreachable_since or liv.since
+    for run in failovers:
+        if run["params"].get("request", {}).get("server") != server:
+            continue
+        if run["state"] != L.REFUSED and run["created_at"] >= start:
+            return (f"failover run {run['id']} ({run['state']}, by {run['triggered_by']}) "
+                    f"already acts on this outage")
+    moved = hosted_elsewhere(server, moves)
+    if moved:
+        return (f"{server} hosts nothing since epoch {moved[0]} (its objects are on "
+                f"{moved[1]}): when it returns, reclaim makes it a slave")
+    return None
+
+
+def data_loss_guard(is_master: bool, snapshot_age: float | None,
+                    max_data_loss: float) -> str | None:
+    """The stale-snapshot guard: a restore may lose at most `max_data_loss` seconds.
+    Only a failed master's objects come from a snapshot; others come from the master's
+    live tables and lose nothing."""
+    if not is_master:
+        return None
+    if snapshot_age is None:
+        return "no verified snapshot on a bcs covering it"
+    if snapshot_age > max_data_loss:
+        return (f"the newest verified snapshot is {snapshot_age:.0f} s old, more than "
+                f"max_data_loss = {max_data_loss:g} s")
+    return None
+
+
+def auto_failover_guards(liv: Liveness, now: float, cfg: Detect, lock_holder: str | None,
+                         auto_failovers_at: Sequence[float], is_master: bool,
+                         snapshot_age: float | None,
+                         control_worker: bool = True) -> list[tuple[str, str]]:
+    """Every guard that stops the automatic failover of a candidate node now, as
+    (kind, reason); empty: go."""
+    out: list[tuple[str, str]] = []
+    if not cfg.auto_failover:
+        out.append(("off", "[detect].auto_failover is off"))
+    if liv.state != DOWN:
+        out.append(("unconfirmed", "no second-node confirmation: "
+                    + (liv.unconfirmed or "no peer asked yet")))
+    if lock_holder:
+        out.append(("lock", f"a hosting change runs: run {lock_holder} holds the hosting lock"))
+    recent = [t for t in auto_failovers_at if now - t < HOUR]
+    if len(recent) >= cfg.max_auto_per_hour:
+        out.append(("rate", f"{len(recent)} automatic failover(s) in the last hour; "
+                    f"max_auto_per_hour = {cfg.max_auto_per_hour}"))
+    stale = data_loss_guard(is_master, snapshot_age, cfg.max_data_loss)
+    if stale:
+        out.append(("snapshot", stale))
+    if not control_worker:
+        out.append(("control", "no control worker answers: the failover could not run"))
+    return out
+
+
+def auto_failover_guard(*args: Any, **kwargs: Any) -> str | None:
+    """The guards' reasons in one sentence, or None when nothing stops it."""
+    guards = auto_failover_guards(*args, **kwargs)
+    return "; ".join(r for _, r in guards) or None
+
+
+def failover_command(domain: Domain, server: str, bcs: str) -> str:
+    """The exact command an operator runs to fail `server` over to `bcs`."""
+    return shlex.join(["cosfail", "failover", server, "--to", bcs, "-d", str(domain.path)])
+
+
+# ----- what the ledger says (status, metrics, and the detector's inputs) ---------------------
+def auto_failover_times(eng: Any) -> list[float]:
+    """When each automatic failover that was not refused started."""
+    return [r["created_at"] for r in eng.ledger.runs(limit=200, workflow="failover")
+            if r["triggered_by"] == "auto" and r["state"] != L.REFUSED]
+
+
+def newest_snapshot_age(eng: Any, server: str, now: float) -> float | None:
+    """Age of the newest verified snapshot on a BCS covering `server` (what --best
+    restores, unless it no longer verifies)."""
+    times = [s["created_at"] for b in eng.domain.covering_bcs(server)
+             for s in eng.ledger.catalog(b)[:1]]
+    return now - max(times) if times else None
+
+
+def auto_runs_since(eng: Any, server: str, since: float) -> list[dict[str, Any]]:
+    return [r for r in eng.ledger.runs(limit=200, workflow="failover")
+            if r["triggered_by"] == "auto" and r["created_at"] >= since
+            and r["params"].get("request", {}).get("server") == server]
+
+
+def report(eng: Any, seen: dict[str, Any], now: float) -> dict[str, Any]:
+    """The detector's part of `cosfail status`: each node's liveness, the detector
+    itself, and for each down server, the recommendation (the BCS `--best` chooses, the
+    snapshot's age, the exact command) and what the automatic failover did."""
+    from workflows.failover import hosting_moves
+    from workflows.plan import FailoverRequest, plan_failover
+    from workflows.state import current_state
+
+    cfg = eng.domain.spec.detect
+    rows = eng.ledger.liveness_now()
+    lock = eng.ledger.lock_row(L.DETECT_LOCK)
+    watcher = None
+    if lock:
+        watcher = {"id": lock["run_id"], "owner": lock["owner"],
+                   "active": lock["lease_until"] >= now,
+                   "last_tick_age": round(now - (lock["lease_until"] - lease_for(cfg)), 1)}
+    liveness = {}
+    for node, r in rows.items():
+        gone = r["unreachable_since"] if r["state"] != UP else None
+        liveness[node] = {"state": r["state"], "since": r["at"],
+                          "unreachable_since": gone,
+                          "unreachable_for": round(now - gone, 1) if gone else None,
+                          "confirmed_by": r["confirmed_by"], "note": r["note"]}
+    down = []
+    state = current_state(eng)
+    moves = None
+    for node, r in rows.items():
+        if r["state"] != DOWN or eng.domain.nodes.get(node) is None \
+                or eng.domain.node(node).role != "server":
+            continue
+        moves = moves if moves is not None else hosting_moves(eng)
+        start = r["unreachable_since"] or r["at"]
+        rec: dict[str, Any] = {
+            "server": node, "down_since": r["at"], "unreachable_since": start,
+            "down_for": round(now - start, 1), "confirmed_by": r["confirmed_by"],
+            "best_bcs": None, "snapshot": None, "snapshot_age": None, "data_loss": None,
+            "command": None, "refused": None,
+        }
+        handled = already_handled(node, Liveness(node, DOWN, r["at"], start),
+                                  eng.ledger.runs(limit=200, workflow="failover"), moves)
+        plan = None if handled else plan_failover(
+            eng.domain, state, seen, FailoverRequest(server=node, best=True), now, moves)
+        if handled or plan is None:
+            rec["refused"] = handled
+        elif isinstance(plan, str):
+            rec["refused"] = plan
+        else:
+            loss = (f"changes of the last {plan.snapshot_age:.0f} s (snapshot {plan.snapshot})"
+                    if plan.snapshot else f"none: master {plan.master_after} is alive")
+            rec.update(best_bcs=plan.bcs, snapshot=plan.snapshot,
+                       snapshot_age=None if plan.snapshot_age is None
+                       else round(plan.snapshot_age, 1),
+                       data_loss=loss, command=failover_command(eng.domain, node, plan.bcs))
+        auto = auto_runs_since(eng, node, start)
+        rec["auto_failover"] = {
+            "enabled": cfg.auto_failover,
+            "run_id": auto[0]["id"] if auto else None,
+            "state": auto[0]["state"] if auto else None,
+            "reason": auto[0]["reason"] if auto else None,
+        }
+        down.append(rec)
+    # Unconfirmed suspects past down_after: the guard that stops the auto failover.
+    refusals = {}
+    for node, r in rows.items():
+        if r["state"] == SUSPECT and cfg.auto_failover:
+            auto = auto_runs_since(eng, node, r["at"])
+            if auto:
+                refusals[node] = {"run_id": auto[0]["id"], "state": auto[0]["state"],
+                                  "reason": auto[0]["reason"]}
+    return {
+        "detect": {"watcher": watcher, "auto_failover": cfg.auto_failover,
+                   "down_after": cfg.down_after, "max_auto_per_hour": cfg.max_auto_per_hour,
+                   "max_data_loss": cfg.max_data_loss, "suspect_refusals": refusals},
+        "liveness": liveness,
+        "down": down,
+    }
+
+
+# ----- the loop (all the I/O) ---------------------------------------------------------------
+class Detector:
+    """Observes, records, notifies and (where enabled) fails over; one tick at a time."""
+
+    def __init__(self, eng: Any) -> None:
+        from cosprint.drivers import driver_for
+
+        self.eng = eng
+        self.domain: Domain = eng.domain
+        self.cfg: Detect = self.domain.spec.detect
+        self.nodes = self.domain.names()
+        self.drivers = {n: driver_for(self.domain, n) for n in self.nodes}
+        self.states: dict[str, Liveness] = {}
+        self.workers: dict[str, str] = {}  # node → worker hostname, from its last answer
+        self.last_seen: dict[str, Seen] = {}
+        self.control_worker = True
+        self.answering: set[str] = set()
+        # This outage's automatic-failover bookkeeping, per server, cleared when it is up:
+        self.refused: dict[str, tuple[str, ...]] = {}  # the guard kinds last recorded
+        self.handled: set[str] = set()  # a failover acts on it, or it hosts nothing
+        self.retry_at: dict[str, float] = {}  # after a veto or a refused plan
+        self.pool = ThreadPoolExecutor(max_workers=2 * len(self.nodes) + 4,
+                                       thread_name_prefix="detect")
+        self.id = f"w-{uuid.uuid4().hex[:10]}"
+
+    # ----- observing ----------------------------------------------------------------------
+    def _ping(self) -> dict[str, str]:
+        from workflows.liveness import ping
+
+        try:
+            return ping(timeout=PING_TIMEOUT)
+        except Exception as exc:  # the broker unreachable from here: nobody answers
+            log.warning("ping failed: %s", exc)
+            return {}
+
+    def observe(self, nodes: Sequence[str] | None = None) -> dict[str, Seen]:
+        nodes = list(nodes or self.nodes)
+        pinged = self.pool.submit(self._ping)
+        cos = {n: self.pool.submit(lambda n=n: self.drivers[n].status() is not None)
+               for n in nodes}
+        answered = pinged.result()
+        self.workers.update({n: w for n, w in answered.items() if n in self.drivers})
+        if nodes == self.nodes:
+            self.control_worker = "control" in answered
+            if set(answered) != self.answering:
+                self.answering = set(answered)
+                log.info("workers answering a ping: %s", ", ".join(sorted(answered)) or "none")
+        return {n: Seen(worker=n in answered, cosprint=cos[n].result()) for n in nodes}
+
+    def peers_for(self, node: str) -> list[str]:
+        """Live peers to ask, those on another host first."""
+        host = self.domain.node(node).host
+        live = [n for n in self.nodes if n != node and self.last_seen.get(n, Seen(False, False))
+                .worker]
+        live.sort(key=lambda n: self.domain.node(n).host == host)
+        return live[:PEERS]
+
+    def confirm(self, node: str) -> Confirmation:
+        from workers.app import node_queue
+        from workers.steps import check_peer
+
+        peers = self.peers_for(node)
+        sent = {p: check_peer.apply_async(kwargs={"node": node,
+                                                  "worker": self.workers.get(node)},
+                                          queue=node_queue(p), expires=CONFIRM_TIMEOUT)
+                for p in peers}
+        deadline = time.time() + CONFIRM_TIMEOUT
+        answers: dict[str, dict[str, Any] | None] = {}
+        for peer, result in sent.items():
+            try:
+                answers[peer] = result.get(timeout=max(0.05, deadline - time.time()),
+                                           disable_sync_subtasks=False)
+            except Exception:  # timed out, expired: no opinion from that peer
+                result.forget()
+                answers[peer] = None
+        verdict = judge_confirmation(node, peers, answers)
+        log.info("second opinion on %s: %s", node, verdict)
+        return verdict
+
+    # ----- recording ----------------------------------------------------------------------
+    def load(self, now: float) -> None:
+        rows = self.eng.ledger.liveness_now()
+        self.states = {n: s for n in self.nodes if (s := resume(rows.get(n), now))}
+
+    def apply(self, prev: Liveness | None, new: Liveness, now: float) -> None:
+        if worth_recording(prev, new):
+            changed = prev is None or prev.state != new.state
+            self.eng.ledger.record_liveness(
+                new.node, new.state, new.since if changed else now,
+                prev.state if prev else None, new.unreachable_since, new.confirmed_by,
+                new.note)
+            log.info("%s: %s → %s (%s)", new.node, prev.state if prev else "-", new.state,
+                     new.note)
+        if worth_notifying(prev, new):
+            self.notify(new)
+        self.states[new.node] = new
+
+    def notify(self, liv: Liveness) -> None:
+        if not self.cfg.notify_command:
+            return
+        argv = notify_argv(self.cfg.notify_command, liv.node, liv.state)
+
+        def run() -> None:
+            try:
+                done = subprocess.run(argv, capture_output=True, text=True,  # noqa: S603
+                                      timeout=NOTIFY_TIMEOUT, check=False)
+                if done.returncode != 0:
+                    log.warning("notify_command exited %s: %s", done.returncode,
+                                (done.stderr or done.stdout).strip()[:300])
+            except (OSError, subprocess.SubprocessError) as exc:
+                log.warning("notify_command failed: %s", exc)
+
+        threading.Thread(target=run, name=f"notify-{liv.node}", daemon=True).start()
+
+    # ----- one round --------------------------------------------------------------------------
+    def tick(self, now: float | None = None) -> None:
+        # The round's time is taken as it observes, not before the ledger wrote the
+        # lease: a slow write must not make a node look unreachable for longer.
+        now = time.time() if now is None else now
+        down_after = self.cfg.down_after
+        asking = {n: self.pool.submit(self.confirm, n) for n in self.nodes
+                  if wants_confirmation(self.states.get(n), now, down_after)}
+        seen = self.observe()
+        self.last_seen = seen
+        for node in self.nodes:
+            prev = self.states.get(node)
+            conf = asking[node].result() if node in asking else None
+            new = transition(prev, node, seen[node], now, down_after, conf)
+            if new.state == UP and prev is not None and prev.state != UP:
+                if node in self.handled:
+                    new = replace(new, note=new.note + "; already failed over: its return "
+                                  "is reclaim's job")
+                elif node in self.refused:  # guards held it back: it is pending no more
+                    new = replace(new, note=new.note + "; the pending automatic failover "
+                                  "is cancelled")
+                self.forget_outage(node)
+            self.apply(prev, new, now)
+        if self.cfg.auto_failover:
+            for node in self.nodes:
+                liv = self.states[node]
+                if self.domain.node(node).role == "server" and \
+                        failover_candidate(liv, now, down_after):
+                    self.consider_failover(node, liv, now)
+
+    def forget_outage(self, node: str) -> None:
+        self.refused.pop(node, None)
+        self.handled.discard(node)
+        self.retry_at.pop(node, None)
+
+    def consider_failover(self, server: str, liv: Liveness, now: float) -> None:
+        from workflows.failover import Refused, hosting_moves, start_failover
+        from workflows.plan import FailoverRequest
+        from workflows.state import current_state
+
+        eng = self.eng
+        if server in self.handled or now < self.retry_at.get(server, 0.0):
+            return
+        failovers = eng.ledger.runs(limit=200, workflow="failover")
+        handled = already_handled(server, liv, failovers, hosting_moves(eng))
+        if handled:
+            log.info("no automatic failover of %s: %s", server, handled)
+            self.handled.add(server)
+            return
+        is_master = current_state(eng).master == server
+        guards = auto_failover_guards(
+            liv, now, self.cfg, eng.ledger.holder(L.HOSTING_LOCK),
+            auto_failover_times(eng), is_master, newest_snapshot_age(eng, server, now),
+            self.control_worker)
+        req = FailoverRequest(server=server, best=True)
+        if guards:
+            self.refuse(server, req, guards)
+            return
+        # Last look before acting: a server that answers again cancels the failover.
+        fresh = self.observe([server])[server]
+        if fresh.reachable:
+            back = time.time()
+            self.apply(liv, replace(transition(liv, server, fresh, back, self.cfg.down_after),
+                                    note="answers again before the automatic failover "
+                                         "started: it is cancelled"), back)
+            self.forget_outage(server)
+            return
+        why = f"{server} down: {liv.note}"
+        try:
+            plan = start_failover(eng, req, "auto", why, dry_run=True).plan
+            stale = data_loss_guard(is_master, plan.snapshot_age, self.cfg.max_data_loss)
+            if stale:
+                self.refuse(server, req, [("snapshot", stale)])
+                return
+            started = start_failover(eng, req, "auto", why)
+        except L.LockHeld as exc:
+            self.refuse(server, req, [("lock", f"a hosting change runs: {exc}")])
+            return
+        except Refused as exc:
+            # Not tried again for a while: the hook or the plan would say the same.
+            self.retry_at[server] = time.time() + RETRY_AFTER
+            if str(exc).startswith("pre_failover hook vetoed"):
+                self.refused[server] = ("veto",)  # start_failover recorded the run
+                log.warning("automatic failover of %s: %s", server, exc)
+            else:
+                self.refuse(server, req, [("plan", str(exc))])
+            return
+        self.handled.add(server)
+        log.warning("automatic failover of %s to %s: run %s", server, started.plan.bcs,
+                    started.run_id)
+
+    def refuse(self, server: str, req: Any, guards: list[tuple[str, str]]) -> None:
+        """A refused run with every reason: once per outage and set of guards."""
+        kinds = tuple(k for k, _ in guards)
+        if self.refused.get(server) == kinds:
+            return
+        self.refused[server] = kinds
+        text = "; ".join(r for _, r in guards)
+        self.eng.ledger.create_run(
+            "failover", {"request": asdict(req), "auto": True,
+                         "guards": [{"kind": k, "reason": r} for k, r in guards]},
+            "auto", f"automatic failover refused: {text}", [], state=L.REFUSED)
+        log.warning("automatic failover of %s refused: %s", server, text)
+
+    # ----- the loop -----------------------------------------------------------------------------
+    def run(self, stop: threading.Event) -> None:
+        """Tick every `[detect].interval` seconds while this detector holds the detect
+        lock (a second one waits as a standby and takes over when the lease lapses)."""
+        cfg = self.cfg
+        owner = f"watch {self.id}"
+        active: bool | None = None  # None: neither active nor standby yet
+        next_at = time.time()
+        while not stop.is_set():
+            try:
+                self.eng.ledger.acquire(L.DETECT_LOCK, self.id, owner, lease_for(cfg))
+                if not active:
+                    log.info("detector %s active: down_after %g s, auto_failover %s",
+                             self.id, cfg.down_after, cfg.auto_failover)
+                    self.load(time.time())
+                    active = True
+                self.tick()
+            except L.LockHeld as held:
+                if active is not False:
+                    log.info("standby: detector %s is active", held.holder)
+                active = False
+            except Exception:  # the ledger or broker briefly away: keep watching
+                log.exception("detector tick failed")
+            next_at = max(next_at + cfg.interval, time.time())
+            stop.wait(max(0.0, next_at - time.time()))
+        if active:
+            try:
+                self.eng.ledger.release(L.DETECT_LOCK, self.id)
+            except Exception:
+                log.exception("could not release the detect lock")
+        self.pool.shutdown(wait=False, cancel_futures=True)
+        log.info("detector %s stopped", self.id)
+
+
+def watch(eng: Any) -> None:
+    """`cosfail watch`: run the detector until SIGTERM or SIGINT."""
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
+    stop = threading.Event()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(sig, lambda *_: stop.set())
+    Detector(eng).run(stop)
