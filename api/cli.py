@@ -398,7 +398,7 @@ def flower(domain: DomainOpt = None) -> None:
     serve(_domain(domain))
 
 
-HEALTH_COMPONENTS = ("worker", "control", "api", "flower", "beat", "broker")
+HEALTH_COMPONENTS = ("worker", "control", "api", "flower", "beat", "broker", "watch")
 
 
 def _local_url(address: str, path: str) -> str:
@@ -437,6 +437,10 @@ def _component_health(d: Domain, component: str, node: str | None,
         return False, str(exc)
     if component in ("beat", "broker"):
         return True, f"broker {d.broker_url} answers"
+    if component == "watch":
+        from workflows.detect import detector_alive
+
+        return detector_alive(d)
     # Only workers named `<node>@…` (`control@…`) are asked, and the first answer ends
     # the wait: a broadcast ping (workflows.liveness.ping) waits out its whole timeout.
     name = node or "control"
@@ -459,7 +463,8 @@ def health(
 ) -> None:
     """Exit 0 when COMPONENT answers, 1 when it does not (for container healthchecks):
     worker --node N / control: the worker answers a Celery ping; api: GET /healthz;
-    flower: GET /healthcheck; beat / broker: the broker answers."""
+    flower: GET /healthcheck; beat / broker: the broker answers; watch: a detector holds
+    its lock with a fresh lease."""
     if component not in HEALTH_COMPONENTS:
         raise refuse(f"unknown component {component!r} (one of: {', '.join(HEALTH_COMPONENTS)})")
     if (component == "worker") != bool(node):

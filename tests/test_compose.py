@@ -47,7 +47,7 @@ COMPOSE_FILE = "docker-compose.yml"
 CONTAINER_DOMAIN = "/etc/cosfail/domain.toml"
 INFRA = ("pod", "redis", "postgres")
 NODES = ("srv1", "srv2", "bcs1", "cl1", "cl2")
-COSFAIL_SERVICES = ("control", "api", "flower", "beat", *NODES)
+COSFAIL_SERVICES = ("control", "api", "flower", "beat", "watch", *NODES)
 COSFAIL_BIN = Path(sys.executable).parent / "cosfail"
 # seconds for every native service to pass its healthcheck: about 30 s on an idle
 # 2-core machine; the margin is for a busy one
@@ -489,12 +489,6 @@ def _processes_naming(text: str) -> list[tuple[int, str]]:
     return found
 
 
-def flower_command_exists() -> bool:
-    from api.cli import app
-
-    return any((c.name or c.callback.__name__) == "flower" for c in app.registered_commands)
-
-
 @pytest.fixture(scope="module")
 def native(project: Path, config: dict[str, Any], redis_server: RedisServer,
            tmp_path_factory: pytest.TempPathFactory) -> Iterator[Native]:
@@ -514,7 +508,7 @@ def native(project: Path, config: dict[str, Any], redis_server: RedisServer,
               f"?options=-csearch_path%3D{schema}")
 
     stack = Native(config, tmp_path_factory.mktemp("native"), redis_server)
-    services = [s for s in COSFAIL_SERVICES if s != "flower" or flower_command_exists()]
+    services = list(COSFAIL_SERVICES)
     try:
         started = time.monotonic()
         deadline = started + STACK_DEADLINE
@@ -522,8 +516,8 @@ def native(project: Path, config: dict[str, Any], redis_server: RedisServer,
         with ThreadPoolExecutor(max_workers=4) as pool:
             # A healthcheck that passes with nothing running would prove nothing.
             # (beat's check is its broker's, by design: it has nothing else to ask.)
-            probes = {s: pool.submit(stack.healthcheck, s) for s in ("control", "srv1", "api")
-                      + (("flower",) if "flower" in services else ())}
+            probes = {s: pool.submit(stack.healthcheck, s)
+                      for s in ("control", "srv1", "api", "flower", "watch")}
             stack.seed_homes()
             for infra in ("redis", "postgres"):
                 stack.health[infra] = stack.healthcheck(infra)
@@ -561,8 +555,6 @@ def test_infrastructure_healthcheck_passes_on_the_local_server(native: Native,
 def test_service_starts_natively_and_passes_its_healthcheck(native: Native, config: dict[str, Any],
                                                             name: str) -> None:
     spec = config["services"][name]
-    if name == "flower" and not flower_command_exists():
-        pytest.skip("`cosfail flower` is not in the CLI yet: the flower service cannot start")
     command = spec["command"]
     assert command[0] == "cosfail" and command[-2:] == ["-d", CONTAINER_DOMAIN], command
     assert spec["healthcheck"]["test"][1] == "cosfail", spec["healthcheck"]

@@ -643,3 +643,13 @@ def watch(eng: Any) -> None:
     for sig in (signal.SIGTERM, signal.SIGINT):
         signal.signal(sig, lambda *_: stop.set())
     Detector(eng).run(stop)
+
+
+def detector_alive(domain: Domain) -> tuple[bool, str]:
+    """Whether a detector holds its lock with a lease still running (its health)."""
+    from workflows.engine import Engine
+
+    row = Engine(domain).ledger.lock_row(L.DETECT_LOCK)
+    if row and row["lease_until"] > time.time():
+        return True, f"detector {row['owner']} holds the detect lock"
+    return False, "no detector holds the detect lock"

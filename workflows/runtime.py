@@ -41,8 +41,8 @@ def _check_node(eng: Engine, node: str) -> None:
 
     # worker_ready comes just before the consumer takes messages: wait until this worker
     # answers its own probe, which reclaim's plan needs.
-    for _ in range(15):
-        if probe_all(eng.domain, [node], timeout=2.0)[node].worker:
+    for _ in range(60):
+        if probe_all(eng.domain, [node], timeout=0.5)[node].worker:
             break
     # A hosting change in flight owns every node's designation and COSprint: checking now
     # would act on half-changed state. It re-points this node itself, or its end (or
