@@ -20,7 +20,8 @@ transactions, the empty body). For reference, the same chain of a plain Celery t
 with no ledger (the floor Celery itself sets).
 
 Every measure is repeated (after one warm-up; cosfail and baseline runs interleaved, so
-both see the same machine) and reported as a median, with the load average at the start
+both see the same machine) and reported as a median, and also as the best run (on a
+shared machine, the one least disturbed by others), with the load average at the start
 and the end; results go to a rich table and `bench/results/backup.json`.
 
 The node workers of the bench domain are `python -m bench.backup --serve NODE`: the same
@@ -304,6 +305,10 @@ def bench(sizes: list[int], repeats: int, chains: int, keep: bool,
                     "baseline_samples_ms": [b["total_ms"] for b in bases],
                 }
                 entry["ratio"] = round(entry["cosfail_ms"] / entry["baseline_ms"], 2)
+                # The fastest of each: the nearest to an idle machine on a shared one.
+                entry["cosfail_best_ms"] = min(entry["cosfail_samples_ms"])
+                entry["baseline_best_ms"] = min(entry["baseline_samples_ms"])
+                entry["ratio_best"] = round(entry["cosfail_best_ms"] / entry["baseline_best_ms"], 2)
                 results["sizes"][str(objects)] = entry
                 if n == 0:
                     print("step hops …", file=sys.stderr)
@@ -316,10 +321,13 @@ def bench(sizes: list[int], repeats: int, chains: int, keep: bool,
                     results["hop"] = {
                         "steps_per_chain": CHAIN_STEPS, "chains": chains,
                         "hop_ms": median([h for e in eng for h in e["hops_ms"]]),
+                        # the median hop of the fastest chain (least disturbed by others)
+                        "hop_best_chain_ms": min(median(e["hops_ms"]) for e in eng),
                         "transit_ms": median([h for e in eng for h in e["transit_ms"]]),
                         "inside_step_ms": median([h for e in eng for h in e["inside_ms"]]),
                         "engine_per_step_ms": median([e["per_step_ms"] for e in eng]),
                         "celery_per_step_ms": median([r["per_step_ms"] for r in raw]),
+                        "celery_best_per_step_ms": min(r["per_step_ms"] for r in raw),
                         "hop_samples_ms": [h for e in eng for h in e["hops_ms"]],
                     }
         results["loadavg_end"] = os.getloadavg()
@@ -338,13 +346,15 @@ def report(results: dict[str, Any]) -> None:
     t = Table(title="backup: cosfail (trigger → run succeeded) vs sqlite3 .backup + cp + "
                     "sha256sum (medians, ms)")
     for col in ("objects", "db size", "cosfail", "to verified", "in steps", "baseline",
-                "ratio", "target"):
+                "ratio", "best: cosfail / baseline", "target"):
         t.add_column(col, justify="right")
     for e in results["sizes"].values():
         ok = e["ratio"] <= TARGET_RATIO
         t.add_row(f"{e['objects']:,}", f"{e['db_bytes'] / 1e6:.1f} MB", f"{e['cosfail_ms']:.1f}",
                   f"{e['cosfail_to_verified_ms']:.1f}", f"{e['cosfail_in_steps_ms']:.1f}",
                   f"{e['baseline_ms']:.1f}", f"{e['ratio']:.2f}×",
+                  f"{e['cosfail_best_ms']:.0f} / {e['baseline_best_ms']:.0f} = "
+                  f"{e['ratio_best']:.2f}×",
                   f"[{'green' if ok else 'red'}]≤ {TARGET_RATIO:g}×[/]")
     con.print(t)
     w = Table(title="where a cosfail backup's time goes inside its steps (medians, ms)")
@@ -362,11 +372,12 @@ def report(results: dict[str, Any]) -> None:
         ok = h["hop_ms"] <= TARGET_HOP_MS
         ht = Table(title=f"one step hop: {h['steps_per_chain']}-step chain, node.srv1 ⇄ "
                          f"node.bcs1, {h['chains']} chains (medians, ms)")
-        for col in ("hop", "transit", "inside step", "engine per step", "plain Celery per step",
-                    "target"):
+        for col in ("hop", "hop, best chain", "transit", "inside step", "engine per step",
+                    "plain Celery per step (best)", "target"):
             ht.add_column(col, justify="right")
-        ht.add_row(f"{h['hop_ms']:.2f}", f"{h['transit_ms']:.2f}", f"{h['inside_step_ms']:.2f}",
-                   f"{h['engine_per_step_ms']:.2f}", f"{h['celery_per_step_ms']:.2f}",
+        ht.add_row(f"{h['hop_ms']:.2f}", f"{h['hop_best_chain_ms']:.2f}", f"{h['transit_ms']:.2f}",
+                   f"{h['inside_step_ms']:.2f}", f"{h['engine_per_step_ms']:.2f}",
+                   f"{h['celery_per_step_ms']:.2f} ({h['celery_best_per_step_ms']:.2f})",
                    f"[{'green' if ok else 'red'}]≤ {TARGET_HOP_MS:g}[/]")
         con.print(ht)
     load = ", ".join(f"{a:.1f}/{b:.1f}" for a, b in zip(results["loadavg_start"],
@@ -378,8 +389,8 @@ def report(results: dict[str, Any]) -> None:
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--sizes", type=int, nargs="+", default=[10_000, 100_000])
-    p.add_argument("--repeats", type=int, default=9)
-    p.add_argument("--chains", type=int, default=9)
+    p.add_argument("--repeats", type=int, default=15)
+    p.add_argument("--chains", type=int, default=15)
     p.add_argument("--keep", action="store_true", help="keep the bench's domains")
     p.add_argument("--workdir", help="where the domains, ledger and snapshots live "
                    "(default: the system's temporary directory)")

@@ -21,7 +21,7 @@ from cosprint.demo import init_demo
 from cosprint.domain import Domain, load_domain
 from cosprint.drivers import driver_for
 from workers.app import configure
-from workers.local import LocalDomain
+from workers.local import LocalDomain, pid_alive
 from workflows.engine import Engine, wait_for
 from workflows.state import current_state
 
@@ -108,7 +108,16 @@ class Cluster:
         return self.local.components()[f"worker:{node or 'control'}"].pid
 
     def kill_worker(self, node: str | None) -> None:
-        os.kill(self.worker_pid(node), signal.SIGKILL)
+        """SIGKILL a worker and wait until it is gone (a worker in fsync takes a while)."""
+        pid = self.worker_pid(node)
+        os.kill(pid, signal.SIGKILL)
+        deadline = time.time() + 10
+        while pid_alive(pid) and time.time() < deadline:
+            try:
+                os.waitpid(pid, os.WNOHANG)
+            except ChildProcessError:
+                pass
+            time.sleep(0.01)
 
     def restart_worker(self, node: str | None) -> None:
         self.local.start_worker(node)

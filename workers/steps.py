@@ -30,6 +30,17 @@ def outbox(here: Here, node: str | None = None) -> Path:
     return here.domain.home(node or here.node) / OUTBOX
 
 
+# The outbox holds copies on their way to the BCSs, not backups: keep the newest few
+# (a BCS may still be fetching one), never let it grow with every backup.
+OUTBOX_KEEP = 3
+
+
+def prune_outbox(directory: Path, keep: int) -> None:
+    for old in snap.list_snapshots(directory)[:-keep]:
+        old.unlink(missing_ok=True)
+        snap.manifest_path(old).unlink(missing_ok=True)
+
+
 def verified_marker(path: Path) -> Path:
     return path.with_name(path.name + VERIFIED)
 
@@ -55,6 +66,7 @@ def export_tables(here: Here, arg: ExportTables) -> Outcome:
     except SnapshotError:
         manifest = here.driver.export_snapshot(dest, arg.epoch, here.domain.control.name)
         done = "exported"
+    prune_outbox(outbox(here), keep=OUTBOX_KEEP)
     return Outcome(
         f"{done} {manifest.rows} rows of {here.node} to {arg.file}",
         {"manifest": asdict(manifest)},
@@ -293,6 +305,7 @@ def publish_tables(here: Here, arg: PublishTables) -> Outcome:
         tables.write_pointer(conn, here.node, arg.epoch)
     manifest = here.driver.export_snapshot(outbox(here) / arg.file, arg.epoch,
                                            here.domain.control.name)
+    prune_outbox(outbox(here), keep=OUTBOX_KEEP)
     return Outcome(f"published {manifest.rows} rows of {here.node} at epoch {arg.epoch}",
                    {"manifest": asdict(manifest)})
 

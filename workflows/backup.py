@@ -62,8 +62,12 @@ def start_backup(eng: Engine, who: str, why: str = "") -> tuple[str, str]:
                               [], run_id=run_id, state=L.SKIPPED)
         return run_id, L.SKIPPED
     stages = backup_stages(eng.domain, state.master, state.epoch, run_id)
-    eng.create(WORKFLOW, params, who, why, state.epoch, stages, run_id=run_id)
-    eng.launch(run_id)
+    try:
+        eng.create(WORKFLOW, params, who, why, state.epoch, stages, run_id=run_id)
+        eng.launch(run_id)
+    except Exception:
+        eng.ledger.release(L.BACKUP_LOCK, run_id)
+        raise
     return run_id, L.RUNNING
 
 

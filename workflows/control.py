@@ -32,8 +32,12 @@ def take_lock(here: Here, arg: LockInput) -> str:
 
 @step("control.release_lock", LockInput)
 def release_lock(here: Here, arg: LockInput) -> str:
-    engine().ledger.release(arg.lock, arg.run_id)
-    return f"released the {arg.lock} lock"
+    """The run's last step. The journal frees the lock in the same transaction that
+    records the run's end, so no other run can start before this one has ended."""
+    holder = engine().ledger.holder(arg.lock)
+    if holder not in (None, arg.run_id):
+        raise CosfailError(f"the {arg.lock} lock is held by run {holder}, not {arg.run_id}")
+    return f"the {arg.lock} lock is released as run {arg.run_id} ends"
 
 
 @dataclass(frozen=True)
