@@ -282,7 +282,7 @@ def bench(configs: list[tuple[int, int]], repeats: int, keep: bool) -> dict[str,
     return results
 
 
-def report(results: dict[str, Any]) -> None:
+def report(results: dict[str, Any], out: Path = RESULTS) -> None:
     from rich.console import Console
     from rich.table import Table
 
@@ -340,7 +340,7 @@ def report(results: dict[str, Any]) -> None:
     load = ", ".join(f"{a:.1f}/{b:.1f}" for a, b in zip(results["loadavg_start"],
                                                          results["loadavg_end"], strict=True))
     con.print(f"{results['cpus']} CPUs; load average 1/5/15 min (start/end): {load}")
-    con.print(f"written to {RESULTS.relative_to(REPO)}")
+    con.print(f"written to {out}")
 
 
 def main() -> None:
@@ -350,12 +350,13 @@ def main() -> None:
                    help="e.g. 10:100000 (default: the four of the issue)")
     p.add_argument("--repeats", type=int, default=3)
     p.add_argument("--keep", action="store_true", help="keep the bench's domains")
+    p.add_argument("--out", type=Path, default=RESULTS, help="the JSON results file")
     args = p.parse_args()
     configs = [tuple(int(x) for x in c.split(":")) for c in args.configs]
     results = bench(configs, args.repeats, args.keep)  # type: ignore[arg-type]
-    RESULTS.parent.mkdir(parents=True, exist_ok=True)
-    RESULTS.write_text(json.dumps(results, indent=1) + "\n")
-    report(results)
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.write_text(json.dumps(results, indent=1) + "\n")
+    report(results, args.out)
 
 
 if __name__ == "__main__":
