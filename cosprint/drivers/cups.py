@@ -78,13 +78,14 @@ from sqlalchemy import Connection, create_engine, delete, func, insert, select, 
 from sqlalchemy.engine import Engine, make_url
 from sqlalchemy.pool import NullPool
 
-from cosprint import authority, designation, tables
+from cosprint import authority, tables
 from cosprint import snapshot as snapshots
 from cosprint.daemon import PRINTING_ROLES, decide_role
 from cosprint.designation import Designation
 from cosprint.domain import CupsSettings, Domain
 from cosprint.driver import ServiceStatus
 from cosprint.drivers import ipp
+from cosprint.drivers.base import NodeFiles
 from cosprint.errors import CosfailError, DriverError
 from cosprint.fsutil import atomic_write_bytes
 
@@ -678,7 +679,7 @@ sys.exit(0)
 '''
 
 
-class CupsDriver:
+class CupsDriver(NodeFiles):
     """Drives one node's cupsd (server, BCS) or client configuration (client)."""
 
     def __init__(self, domain: Domain, node_name: str) -> None:
@@ -1472,32 +1473,12 @@ class CupsDriver:
             done = self.sync(apply=False)
             if done["captured"]:
                 extra["cups_captured"] = ", ".join(done["captured"])
-        manifest = snapshots.export_snapshot(self.tables_url, dest, domain=domain,
-                                             epoch=epoch, source=self.node)
+        manifest = super().export_snapshot(dest, epoch, domain)
         if extra:
             manifest = dataclasses.replace(manifest, extra=extra)
             snapshots.write_manifest(dest, manifest)
         return manifest
 
-    def import_snapshot(self, snapshot: Path, min_epoch: int, domain: str) -> snapshots.Manifest:
-        return snapshots.import_snapshot(snapshot, self.tables_url, domain=domain,
-                                         min_epoch=min_epoch)
-
-    def rehost(self, old_host: str, new_host: str) -> dict[str, int]:
-        with tables.connect(self.tables_url) as conn:
-            return tables.rehost(conn, old_host, new_host)
-
-    def read_designation(self) -> Designation | None:
-        return designation.read(self.home / designation.DESIGNATION)
-
-    def write_designation(self, d: Designation) -> None:
-        designation.write(self.home / designation.DESIGNATION, d)
-
-    def read_last_running(self) -> Designation | None:
-        return designation.read(self.home / designation.LAST_RUNNING)
-
-    def write_last_running(self, d: Designation) -> None:
-        designation.write(self.home / designation.LAST_RUNNING, d)
 
 
 def diff(want: CupsConf, have: CupsConf) -> list[str]:

@@ -20,8 +20,6 @@ from pathlib import Path
 from typing import Any
 
 import cosprint
-from cosprint import designation, tables
-from cosprint import snapshot as snapshots
 from cosprint.daemon import (
     is_cosprintd,
     list_spool,
@@ -29,9 +27,9 @@ from cosprint.daemon import (
     pidfile_path,
     read_pid,
 )
-from cosprint.designation import Designation
 from cosprint.domain import Domain
 from cosprint.driver import ServiceStatus
+from cosprint.drivers.base import NodeFiles
 from cosprint.errors import DriverError
 
 START_TIMEOUT = 10.0
@@ -54,7 +52,7 @@ def _reap() -> None:
                 del _children[pid]
 
 
-class ReferenceDriver:
+class ReferenceDriver(NodeFiles):
     """Drives one node's cosprintd; every method is safe to call again."""
 
     def __init__(self, domain: Domain, node_name: str) -> None:
@@ -271,32 +269,6 @@ class ReferenceDriver:
         return body if isinstance(body, dict) else None
 
     # ----- data ------------------------------------------------------------------------
-    def export_snapshot(self, dest: Path, epoch: int, domain: str) -> snapshots.Manifest:
-        return snapshots.export_snapshot(
-            self.tables_url, dest, domain=domain, epoch=epoch, source=self.node
-        )
-
-    def import_snapshot(self, snapshot: Path, min_epoch: int, domain: str) -> snapshots.Manifest:
-        return snapshots.import_snapshot(
-            snapshot, self.tables_url, domain=domain, min_epoch=min_epoch
-        )
-
-    def rehost(self, old_host: str, new_host: str) -> dict[str, int]:
-        with tables.connect(self.tables_url) as conn:  # one transaction for all six tables
-            return tables.rehost(conn, old_host, new_host)
-
-    def read_designation(self) -> Designation | None:
-        return designation.read(self.home / designation.DESIGNATION)
-
-    def write_designation(self, d: Designation) -> None:
-        designation.write(self.home / designation.DESIGNATION, d)
-
-    def read_last_running(self) -> Designation | None:
-        return designation.read(self.home / designation.LAST_RUNNING)
-
-    def write_last_running(self, d: Designation) -> None:
-        designation.write(self.home / designation.LAST_RUNNING, d)
-
     def spool_paths(self) -> list[Path]:
         """Complete job files in the spool, oldest first (temporary `.part` files left out)."""
         return list_spool(self.domain.spool_dir(self.node))
