@@ -9,6 +9,7 @@ from typing import Annotated, Any
 from fastapi import Depends, FastAPI, HTTPException, Request
 from fastapi.responses import JSONResponse, PlainTextResponse
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
+from fastapi.security.utils import get_authorization_scheme_param
 from pydantic import BaseModel, ConfigDict
 
 from cosprint.domain import Domain
@@ -54,15 +55,21 @@ def read_token(domain: Domain) -> str:
 
 
 _bearer = HTTPBearer(auto_error=False)
+_UNAUTHORISED = {"detail": "missing or wrong bearer token"}
+_CHALLENGE = {"WWW-Authenticate": "Bearer"}
+
+
+def _token_matches(credentials: str | None, token: str) -> bool:
+    return credentials is not None and secrets.compare_digest(credentials.encode(),
+                                                              token.encode())
 
 
 def caller(request: Request,
            cred: Annotated[HTTPAuthorizationCredentials | None, Depends(_bearer)]) -> str:
     """Who calls: the token's name, once the bearer token matches; else 401."""
     token: str = request.app.state.token
-    if cred is None or not secrets.compare_digest(cred.credentials.encode(), token.encode()):
-        raise HTTPException(401, "missing or wrong bearer token",
-                            headers={"WWW-Authenticate": "Bearer"})
+    if not _token_matches(cred.credentials if cred else None, token):
+        raise HTTPException(401, _UNAUTHORISED["detail"], headers=_CHALLENGE)
     return "api:token"
 
 
@@ -76,6 +83,20 @@ def create_app(domain: Domain) -> FastAPI:
     app = FastAPI(title="cosfail", version="0.1.0",
                   description="Failover for COSprint print domains")
     app.state.token = token
+    public = {"/healthz", app.openapi_url, app.docs_url, app.redoc_url,
+              app.swagger_ui_oauth2_redirect_url}
+
+    @app.middleware("http")
+    async def _auth_first(request: Request, call_next):  # type: ignore[no-untyped-def]
+        """The token is checked before anything else: FastAPI parses a request's body
+        before it resolves the `caller` dependency, so without this an anonymous caller
+        with a malformed body got a 400/422 describing it instead of a 401."""
+        if request.url.path not in public:
+            scheme, credentials = get_authorization_scheme_param(
+                request.headers.get("Authorization"))
+            if scheme.lower() != "bearer" or not _token_matches(credentials or None, token):
+                return JSONResponse(_UNAUTHORISED, status_code=401, headers=_CHALLENGE)
+        return await call_next(request)
 
     @app.exception_handler(L.LockHeld)
     async def _held(_req: Request, exc: L.LockHeld) -> JSONResponse:

@@ -1,7 +1,8 @@
 """Snapshots: a node's tables as one SQLite file, plus a JSON manifest beside it.
 
 The manifest records the domain, epoch, source, time, row count per table and the
-file's sha256; the file itself carries the epoch in `PRAGMA user_version`, so a manifest
+file's sha256; the file itself carries the epoch in `PRAGMA user_version` and a hash of
+the domain's name in `PRAGMA application_id`, so a manifest
 taken from another snapshot, an edited epoch, a flipped byte or a truncation is caught.
 Nothing is restored before the whole snapshot verifies.
 """
@@ -13,6 +14,7 @@ import json
 import os
 import sqlite3
 import time
+import zlib
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -45,6 +47,11 @@ class Manifest:
     @property
     def rows(self) -> int:
         return sum(self.tables.values())
+
+
+def domain_id(domain: str) -> int:
+    """The domain's name as a signed 32-bit number, for the file's own header."""
+    return zlib.crc32(domain.encode()) - 2**31
 
 
 def manifest_path(snapshot: Path) -> Path:
@@ -104,6 +111,7 @@ def export_snapshot(
     _write_snapshot_file(tables_url, tmp)
     with sqlite3.connect(tmp) as conn:
         conn.execute(f"PRAGMA user_version = {int(epoch)}")
+        conn.execute(f"PRAGMA application_id = {domain_id(domain)}")
         counts = {
             t.name: conn.execute(f'SELECT count(*) FROM "{t.name}"').fetchone()[0]
             for t in tables.OBJECT_TABLES
@@ -177,6 +185,9 @@ def _check_contents(snapshot: Path, manifest: Manifest) -> None:
         try:
             if conn.execute("PRAGMA user_version").fetchone()[0] != manifest.epoch:
                 raise SnapshotError(f"{snapshot}: file epoch differs from its manifest's")
+            if conn.execute("PRAGMA application_id").fetchone()[0] != domain_id(manifest.domain):
+                raise SnapshotError(f"{snapshot}: the file was made for another domain "
+                                    f"than its manifest's {manifest.domain!r}")
             if conn.execute("PRAGMA quick_check").fetchone()[0] != "ok":
                 raise SnapshotError(f"{snapshot}: SQLite integrity check failed")
             if conn.execute("PRAGMA foreign_key_check").fetchone() is not None:

@@ -51,7 +51,10 @@ def reclaim_stages(plan: ReclaimPlan, file: str) -> list[Stage]:
 
 def plan_reclaim_now(eng: Engine, server: str) -> ReclaimPlan:
     state = current_state(eng)
-    seen = probe_all(eng.domain, [server])
+    # A name that is no server is refused without a probe: probing it waited out the
+    # probe's timeout and left a message in a broker queue named after the input.
+    is_server = server in eng.domain.nodes and eng.domain.node(server).role == "server"
+    seen = probe_all(eng.domain, [server]) if is_server else {}
     plan = plan_reclaim(eng.domain, state, seen, server, reclaim_needed(eng))
     if isinstance(plan, str):
         raise Refused(plan)
