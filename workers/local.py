@@ -168,7 +168,10 @@ class LocalDomain:
         want = {f"{n or 'control'}@" for n in nodes}
         deadline = time.time() + timeout
         while time.time() < deadline:
-            replies = app.control.ping(timeout=0.5) or []
+            # A fresh connection for each ping, as workflows.liveness does: a pooled one
+            # may drop replies, and is dead for good once the broker has restarted.
+            with app.connection_for_write() as conn:
+                replies = app.control.ping(timeout=0.5, connection=conn) or []
             seen = {name.split("@")[0] + "@" for r in replies for name in r}
             if want <= seen:
                 return

@@ -157,7 +157,12 @@ class Engine:
         """Fail steps whose worker is gone; returns what it found, one line each.
 
         A step is lost when it is `running` under a worker that is not in `alive`
-        (worker ids), or `queued` past its expiry with no worker taking it.
+        (worker ids), or `queued` past its expiry with no worker taking it: on a node or
+        on `control` alike, since a message the broker lost (a Redis restart loses what
+        it held) or a trigger never sent leaves no worker anything to take. A late
+        message of a reaped step is harmless: a resume's new launch supersedes it.
+        A run still `planned` past that expiry was recorded by a trigger that died
+        before launching it: it is failed too, so that `resume` can launch it.
         """
         found = []
         now = time.time()
@@ -167,8 +172,8 @@ class Engine:
                 continue
             if s.state in (L.RUNNING, L.RETRYING) and alive is not None and s.worker not in alive:
                 reason = f"the worker of {s.node or 'control'} ({s.worker}) was lost mid-step"
-            elif s.state == L.QUEUED and s.node and s.queued_at and now - s.queued_at > expires:
-                reason = f"no worker of {s.node} took the step within {expires:g} s"
+            elif s.state == L.QUEUED and s.queued_at and now - s.queued_at > expires:
+                reason = f"no worker of {s.node or 'control'} took the step within {expires:g} s"
             else:
                 continue
             found.append(f"run {s.run_id} step {s.idx} {s.name} on {s.node}: {reason}")
@@ -177,6 +182,10 @@ class Engine:
             if not s.member:
                 self.ledger.set_run_state(s.run_id, L.FAILED,
                                           error=f"step {s.idx} {s.name}: {reason}")
+        if node is None:
+            reason = f"never launched: its trigger stopped within {expires:g} s of it"
+            for rid in self.ledger.fail_unlaunched(now - expires, reason, run_id):
+                found.append(f"run {rid}: {reason}")
         return found
 
     # ----- the journal (called by every step, in the worker) ---------------------------

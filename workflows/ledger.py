@@ -458,6 +458,24 @@ class Ledger:
             return [dict(r) for r in conn.execute(q).mappings()]
 
     # ----- queries for reaping and restart ------------------------------------------
+    def fail_unlaunched(self, created_before: float, error: str,
+                        run_id: str | None = None) -> list[str]:
+        """Fail the runs still `planned` (recorded, never launched) created before that
+        time; returns their ids. A failed backup frees the schedule, as a failed step's
+        does; a hosting change keeps its lock until it is resumed."""
+        q = select(runs.c.id).where(runs.c.state == PLANNED, runs.c.created_at < created_before)
+        if run_id:
+            q = q.where(runs.c.id == run_id)
+        failed = []
+        with self.tx() as conn:
+            for rid in conn.execute(q).scalars().all():
+                done = conn.execute(update(runs).where(runs.c.id == rid, runs.c.state == PLANNED)
+                                    .values(state=FAILED, error=error, finished_at=time.time()))
+                if done.rowcount:
+                    failed.append(rid)
+                    self.release(BACKUP_LOCK, rid, conn=conn)
+        return failed
+
     def stuck_steps(self, node: str | None = None) -> list[StepRow]:
         """Steps recorded as running or queued in runs that are still running."""
         q = (select(steps.c.run_id, steps.c.idx, steps.c.node)
