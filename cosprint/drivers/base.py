@@ -3,11 +3,38 @@ record live in its home, whatever serves COSprint on it."""
 
 from __future__ import annotations
 
+import subprocess
+import threading
 from pathlib import Path
 
 from cosprint import designation, tables
 from cosprint import snapshot as snapshots
 from cosprint.designation import Designation
+
+
+class Children:
+    """The service processes this process spawned, so they are reaped, not left zombies."""
+
+    def __init__(self) -> None:
+        self._procs: dict[int, subprocess.Popen[bytes]] = {}
+        self._lock = threading.Lock()
+
+    def add(self, proc: subprocess.Popen[bytes]) -> None:
+        with self._lock:
+            self._procs[proc.pid] = proc
+
+    def reap(self) -> None:
+        with self._lock:
+            for pid, proc in list(self._procs.items()):
+                if proc.poll() is not None:
+                    del self._procs[pid]
+
+    def running(self) -> list[int]:
+        with self._lock:
+            return [pid for pid, proc in self._procs.items() if proc.poll() is None]
+
+
+children = Children()
 
 
 class NodeFiles:

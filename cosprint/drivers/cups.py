@@ -66,7 +66,6 @@ import shutil
 import signal
 import subprocess
 import sys
-import threading
 import time
 import uuid
 from dataclasses import dataclass, field
@@ -85,7 +84,7 @@ from cosprint.designation import Designation
 from cosprint.domain import CupsSettings, Domain
 from cosprint.driver import ServiceStatus
 from cosprint.drivers import ipp
-from cosprint.drivers.base import NodeFiles
+from cosprint.drivers.base import NodeFiles, children
 from cosprint.errors import CosfailError, DriverError
 from cosprint.fsutil import atomic_write_bytes
 
@@ -149,18 +148,6 @@ UNFINISHED = {3, 4, 5, 6}  # pending, pending-held, processing, processing-stopp
 # Job attributes a resubmitted job carries over, as `lp -o name=value`.
 CARRIED = ("media", "sides", "number-up", "print-color-mode", "job-priority",
            "orientation-requested", "page-ranges", "print-quality", "output-bin")
-
-# Children this process spawned, so they are reaped rather than left as zombies.
-_children: dict[int, subprocess.Popen[bytes]] = {}
-_children_lock = threading.Lock()
-
-
-def _reap() -> None:
-    with _children_lock:
-        for pid, proc in list(_children.items()):
-            if proc.poll() is not None:
-                del _children[pid]
-
 
 class CupsError(DriverError):
     """A CUPS object or a table row the CUPS driver cannot map; nothing was changed."""
@@ -773,16 +760,14 @@ class CupsDriver(NodeFiles):
         """The pid of this node's running cupsd, or None."""
         if self.is_client:
             return None
-        _reap()
+        children.reap()
         try:
             pid = int(self.pidfile.read_text().strip())
         except (OSError, ValueError):
             pid = None
         if pid is not None and self._is_ours(pid):
             return pid
-        with _children_lock:
-            spawned = [p for p, proc in _children.items() if proc.poll() is None]
-        return next((p for p in spawned if self._is_ours(p)), None)
+        return next((p for p in children.running() if self._is_ours(p)), None)
 
     def answers(self, timeout: float = STATUS_TIMEOUT) -> bool:
         try:
@@ -892,8 +877,7 @@ class CupsDriver(NodeFiles):
                 [cupsd, "-f", "-c", str(self.cupsd_conf), "-s", str(self.files_conf)],
                 stdin=subprocess.DEVNULL, stdout=out, stderr=subprocess.STDOUT,
                 cwd=self.home, env=env, start_new_session=True, close_fds=True)
-        with _children_lock:
-            _children[proc.pid] = proc
+        children.add(proc)
         return proc
 
     def _log_tail(self, limit: int = 400) -> str:
@@ -910,7 +894,7 @@ class CupsDriver(NodeFiles):
     def _wait_gone(self, pid: int, timeout: float) -> bool:
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
-            _reap()
+            children.reap()
             if not self._is_ours(pid):
                 return True
             time.sleep(_POLL)

@@ -12,7 +12,6 @@ import os
 import signal
 import subprocess
 import sys
-import threading
 import time
 import urllib.error
 import urllib.request
@@ -29,7 +28,7 @@ from cosprint.daemon import (
 )
 from cosprint.domain import Domain
 from cosprint.driver import ServiceStatus
-from cosprint.drivers.base import NodeFiles
+from cosprint.drivers.base import NodeFiles, children
 from cosprint.errors import DriverError
 
 START_TIMEOUT = 10.0
@@ -39,18 +38,6 @@ _POLL = 0.02
 
 # Loopback traffic must never go through an http_proxy from the environment.
 _OPENER = urllib.request.build_opener(urllib.request.ProxyHandler({}))
-
-# Children this process spawned, so they are reaped rather than left as zombies.
-_children: dict[int, subprocess.Popen[bytes]] = {}
-_children_lock = threading.Lock()
-
-
-def _reap() -> None:
-    with _children_lock:
-        for pid, proc in list(_children.items()):
-            if proc.poll() is not None:
-                del _children[pid]
-
 
 class ReferenceDriver(NodeFiles):
     """Drives one node's cosprintd; every method is safe to call again."""
@@ -68,7 +55,7 @@ class ReferenceDriver(NodeFiles):
     # ----- the process -----------------------------------------------------------------
     def pid(self) -> int | None:
         """The pid of this node's running cosprintd, or None."""
-        _reap()
+        children.reap()
         pid = read_pid(self.pidfile)
         if pid is not None and self._is_ours(pid):
             return pid
@@ -151,8 +138,7 @@ class ReferenceDriver(NodeFiles):
                 start_new_session=True,  # survives the caller's terminal and signals
                 close_fds=True,
             )
-        with _children_lock:
-            _children[proc.pid] = proc
+        children.add(proc)
         return proc
 
     def _wait_answer(
@@ -190,7 +176,7 @@ class ReferenceDriver(NodeFiles):
     def _wait_gone(self, pid: int, timeout: float) -> bool:
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
-            _reap()
+            children.reap()
             if not self._is_ours(pid):
                 return True
             time.sleep(_POLL)
