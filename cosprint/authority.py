@@ -9,9 +9,10 @@ from __future__ import annotations
 
 import time
 
-from sqlalchemy import Column, Engine, Float, Integer, MetaData, String, Table, select, update
+from sqlalchemy import Column, Engine, Float, Integer, MetaData, String, Table, text, update
 from sqlalchemy.exc import IntegrityError
 
+from cosprint import plainsql
 from cosprint.designation import Designation
 from cosprint.errors import StaleEpochError
 
@@ -28,12 +29,9 @@ domain_state = Table(
 
 
 def read(engine: Engine, domain: str) -> Designation | None:
+    # The same SQL as cosprintd's, which runs it without SQLAlchemy on SQLite.
     with engine.connect() as conn:
-        row = conn.execute(
-            select(domain_state.c.master, domain_state.c.epoch).where(
-                domain_state.c.domain == domain
-            )
-        ).first()
+        row = conn.execute(text(plainsql.AUTHORITY), {"domain": domain}).first()
     return Designation(row.master, row.epoch) if row else None
 
 

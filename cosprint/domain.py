@@ -11,7 +11,7 @@ import os
 import re
 import tomllib
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
@@ -198,6 +198,25 @@ class Domain:
         node = self.node(name)
         host = "127.0.0.1" if node.host == "localhost" else node.host
         return f"http://{host}:{node.port}"
+
+    def service_settings(self, name: str) -> dict[str, Any]:
+        """All that node `name`'s cosprintd needs of this file, as JSON-ready values.
+
+        The reference driver hands them to the daemon at start, so that its start (on the
+        failover's critical path) need not import pydantic to parse this file again.
+        """
+        node = self.node(name)
+        return {
+            "domain": self.control.name,
+            "domain_file": str(self.path),
+            "node": name,
+            "port": node.port,
+            "home": str(self.home(name)),
+            "spool": str(self.spool_dir(name)),
+            "tables": self.tables_url(name),
+            "ledger": self.ledger_url,
+            "peers": {n: self.service_url(n) for n in self.nodes},
+        }
 
 
 def resolve_sqlite_url(url: str, base: Path) -> str:

@@ -3,12 +3,16 @@
 Every workflow runs for real on one machine through it. The process is found through
 its pidfile, and a pid is trusted only when /proc says it is a cosprintd of this node:
 a stale pidfile or a pid reused by another program is never signalled.
+
+Every node restarts at once in a failover, so neither wait polls: a start it made ends
+on a line the daemon writes on a pipe once it serves, a stop on the pid's pidfd.
 """
 
 from __future__ import annotations
 
 import json
 import os
+import select
 import signal
 import subprocess
 import sys
@@ -20,6 +24,7 @@ from typing import Any
 
 import cosprint
 from cosprint.daemon import (
+    READY,
     is_cosprintd,
     list_spool,
     log_path,
@@ -67,7 +72,7 @@ class ReferenceDriver(NodeFiles):
         return None
 
     def start(self, timeout: float = START_TIMEOUT) -> None:
-        """Start cosprintd unless it already runs; return once it answers /status."""
+        """Start cosprintd unless it already runs; return once it serves /status."""
         pid = self.pid()
         if pid is not None:
             if self._wait_answer(pid, timeout):
@@ -76,10 +81,13 @@ class ReferenceDriver(NodeFiles):
                 f"node {self.node}: cosprintd pid {pid} runs but does not answer at "
                 f"{self.url} (see {self.log_path})"
             )
-        proc = self._spawn()
-        if self._wait_answer(proc.pid, timeout, proc):
+        proc, ready = self._spawn()
+        if _wait_ready(ready, timeout):
             return
-        code = proc.poll()
+        try:  # the pipe closed unready, or the time ran out: has it exited?
+            code = proc.wait(timeout=0.5)
+        except subprocess.TimeoutExpired:
+            code = None
         racer = self.pid()
         if racer is not None and racer != proc.pid and self._wait_answer(racer, timeout):
             return  # another start won the race: the service runs, which is what we want
@@ -111,7 +119,8 @@ class ReferenceDriver(NodeFiles):
             raise DriverError(f"node {self.node}: cosprintd pid {pid} survived SIGKILL")
         return True
 
-    def _spawn(self) -> subprocess.Popen[bytes]:
+    def _spawn(self) -> tuple[subprocess.Popen[bytes], int]:
+        """Start cosprintd; returns it and the read end of its ready pipe."""
         self.log_path.parent.mkdir(parents=True, exist_ok=True)
         env = dict(os.environ)
         # The child must import this very cosprint, installed or not.
@@ -119,6 +128,7 @@ class ReferenceDriver(NodeFiles):
         env["PYTHONPATH"] = os.pathsep.join(filter(None, [root, env.get("PYTHONPATH")]))
         argv = [
             sys.executable,
+            "-S",  # no site-packages until the daemon needs one (see daemon._with_packages)
             "-m",
             "cosprint.daemon",
             "--domain",
@@ -126,32 +136,46 @@ class ReferenceDriver(NodeFiles):
             "--node",
             self.node,
         ]
-        with open(self.log_path, "ab") as out:
-            # An argument list, no shell: the node name and paths are never interpreted.
-            proc = subprocess.Popen(  # noqa: S603
-                argv,
-                stdin=subprocess.DEVNULL,
-                stdout=out,
-                stderr=subprocess.STDOUT,
-                cwd=self.home,
-                env=env,
-                start_new_session=True,  # survives the caller's terminal and signals
-                close_fds=True,
-            )
+        ready_r, ready_w = os.pipe()
+        # The settings travel on stdin, not argv: a ledger URL may hold a password.
+        argv += ["--settings-stdin", "--ready-fd", str(ready_w)]
+        settings = json.dumps(self.domain.service_settings(self.node)).encode()
+        try:
+            with open(self.log_path, "ab") as out:
+                # An argument list, no shell: the node name and paths are never interpreted.
+                proc = subprocess.Popen(  # noqa: S603
+                    argv,
+                    stdin=subprocess.PIPE,
+                    stdout=out,
+                    stderr=subprocess.STDOUT,
+                    cwd=self.home,
+                    env=env,
+                    start_new_session=True,  # survives the caller's terminal and signals
+                    close_fds=True,
+                    pass_fds=(ready_w,),
+                )
+        except BaseException:
+            os.close(ready_r)
+            raise
+        finally:
+            os.close(ready_w)  # the child's copy alone: its exit closes the pipe
         children.add(proc)
-        return proc
+        assert proc.stdin is not None
+        try:
+            proc.stdin.write(settings)
+            proc.stdin.close()
+        except BrokenPipeError:
+            pass  # it died first; start() reports its exit status and log
+        return proc, ready_r
 
-    def _wait_answer(
-        self, pid: int, timeout: float, proc: subprocess.Popen[bytes] | None = None
-    ) -> bool:
+    def _wait_answer(self, pid: int, timeout: float) -> bool:
+        """True once `pid`, a cosprintd this driver did not start, answers /status."""
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             st = self.status()
             if st is not None and st.pid == pid:
                 return True
-            if proc is not None and proc.poll() is not None:
-                return False
-            if proc is None and not self._is_ours(pid):
+            if not self._is_ours(pid):
                 return False
             time.sleep(_POLL)
         return False
@@ -175,12 +199,22 @@ class ReferenceDriver(NodeFiles):
 
     def _wait_gone(self, pid: int, timeout: float) -> bool:
         deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            children.reap()
-            if not self._is_ours(pid):
-                return True
-            time.sleep(_POLL)
-        return False
+        exited = _pidfd(pid)  # readable the moment it exits: no polling latency
+        try:
+            while True:
+                children.reap()
+                if not self._is_ours(pid):
+                    return True
+                left = deadline - time.monotonic()
+                if left <= 0:
+                    return False
+                if exited is None:
+                    time.sleep(min(_POLL, left))
+                else:
+                    _readable(exited, left)
+        finally:
+            if exited is not None:
+                os.close(exited)
 
     def _clear_stale_pidfile(self) -> None:
         pid = read_pid(self.pidfile)
@@ -258,6 +292,31 @@ class ReferenceDriver(NodeFiles):
     def spool_paths(self) -> list[Path]:
         """Complete job files in the spool, oldest first (temporary `.part` files left out)."""
         return list_spool(self.domain.spool_dir(self.node))
+
+
+def _wait_ready(fd: int, timeout: float) -> bool:
+    """True once cosprintd writes READY on its pipe; False if the pipe closes first (it
+    exited) or `timeout` passes. Closes `fd`."""
+    try:
+        return _readable(fd, timeout) and os.read(fd, len(READY)) == READY
+    finally:
+        os.close(fd)
+
+
+def _readable(fd: int, timeout: float) -> bool:
+    """Wait up to `timeout` s for `fd` to be readable or closed (poll: no FD_SETSIZE cap
+    in a worker with many files open)."""
+    poller = select.poll()
+    poller.register(fd, select.POLLIN)
+    return bool(poller.poll(timeout * 1000))
+
+
+def _pidfd(pid: int) -> int | None:
+    """A pidfd of `pid`, or None where there is none (gone already, or no pidfd_open)."""
+    try:
+        return os.pidfd_open(pid)
+    except (OSError, AttributeError):
+        return None
 
 
 def _json_dict(raw: bytes) -> dict[str, Any]:
