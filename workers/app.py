@@ -7,6 +7,7 @@ so task names, queues and serializers agree everywhere.
 from __future__ import annotations
 
 import os
+import re
 from functools import cache
 
 from celery import Celery
@@ -40,11 +41,33 @@ def route_by_envelope(name: str, args: object, kwargs: dict | None, options: dic
     return None
 
 
+_client_name: str | None = None
+
+
+def _client_prefix(domain: str) -> str:
+    # Redis refuses a client name with spaces or special characters.
+    return "cosfail-worker:" + re.sub(r"[^A-Za-z0-9._-]", "_", domain) + ":"
+
+
+def worker_client_name(domain: str, node: str | None) -> str:
+    """The name a node's (or the control) worker gives its broker connections."""
+    return _client_prefix(domain) + (node or CONTROL_QUEUE)
+
+
+def name_connections(name: str) -> None:
+    """Name every broker connection this process opens from now on (a worker's)."""
+    global _client_name
+    _client_name = name
+
+
 def configure(domain: Domain) -> Celery:
+    transport: dict[str, object] = {"visibility_timeout": VISIBILITY_TIMEOUT}
+    if _client_name:
+        transport["client_name"] = _client_name
     app.conf.update(
         broker_url=domain.broker_url,
         broker_connection_retry_on_startup=True,
-        broker_transport_options={"visibility_timeout": VISIBILITY_TIMEOUT},
+        broker_transport_options=transport,
         task_serializer="json",
         result_serializer="json",
         accept_content=["json"],
@@ -75,6 +98,31 @@ def current_domain() -> Domain:
     domain = load_domain(os.environ.get("COSFAIL_DOMAIN"))
     configure(domain)
     return domain
+
+
+def connected_workers(domain: Domain, timeout: float = 0.5) -> set[str] | None:
+    """The nodes (and `control`) whose worker holds a connection to the broker now, from
+    the names workers give their connections; None when the broker cannot say (not
+    Redis, CLIENT LIST refused, or no worker of the domain names its connections).
+
+    A worker SIGKILLed on its host loses its connections at once (the kernel closes
+    them); one on a host that died keeps them until Redis's TCP keepalive gives up, so
+    it still counts as connected: this answer is never "gone" for a worker that is not.
+    """
+    if not domain.broker_url.startswith(("redis://", "rediss://")):
+        return None
+    import redis
+
+    prefix = _client_prefix(domain.control.name)
+    try:
+        client = redis.Redis.from_url(domain.broker_url, socket_timeout=timeout,
+                                      socket_connect_timeout=timeout)
+        with client:
+            names = {c.get("name", "") for c in client.client_list()}
+    except redis.RedisError:
+        return None
+    nodes = {n.removeprefix(prefix) for n in names if n.startswith(prefix)}
+    return nodes or None
 
 
 class BrokerUnreachable(Exception):

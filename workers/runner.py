@@ -10,7 +10,13 @@ import signal
 from celery.signals import worker_ready
 
 from cosprint.domain import Domain
-from workers.app import CONTROL_QUEUE, configure, node_queue
+from workers.app import (
+    CONTROL_QUEUE,
+    configure,
+    name_connections,
+    node_queue,
+    worker_client_name,
+)
 from workers.step import Journal, use_journal
 
 log = logging.getLogger("cosfail.worker")
@@ -21,6 +27,9 @@ def run_worker(domain: Domain, node: str | None, concurrency: int = 4,
     """Serve `node.<node>` (or `control`) until stopped."""
     os.environ["COSFAIL_DOMAIN"] = str(domain.path)
     os.environ["COSFAIL_NODE"] = node or ""
+    # Named connections let a trigger see at once that a node's worker is gone
+    # (workers.app.connected_workers) instead of waiting out its probe.
+    name_connections(worker_client_name(domain.control.name, node))
     app = configure(domain)
     # The ledger implements the journal; importing it here keeps workers free of it.
     from workflows.runtime import journal_for, on_worker_start

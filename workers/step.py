@@ -7,8 +7,9 @@ one small dataclass that is the step's input. Before acting, a step refuses:
 - an epoch older than the domain's (DESIGN invariant 2: a message that waited in a dead
   node's queue must not act when the node returns),
 - a launch the ledger has superseded (a redelivered message after a resume).
-The journal, which records each step in the run ledger, is injected by the process
-that runs the worker: workers know the interface, not the ledger.
+The journal, which records each step in the run ledger, checks the last two in the
+transaction that records the step's start. It is injected by the process that runs the
+worker: workers know the interface, not the ledger.
 """
 
 from __future__ import annotations
@@ -24,10 +25,8 @@ from typing import Any, Protocol, TypeVar
 
 from celery import Task
 from celery.exceptions import Ignore
-from sqlalchemy import create_engine
 from sqlalchemy.exc import OperationalError
 
-from cosprint import authority
 from cosprint.domain import Domain
 from cosprint.driver import Driver
 from cosprint.drivers import driver_for
@@ -73,10 +72,13 @@ class Journal(Protocol):
     """Records steps; the ledger implements it (workflows/ledger.py)."""
 
     def begin(self, env: Envelope, task_id: str, worker: str) -> str | None:
-        """Record the start; return why the step must not run, or None.
+        """Record the start; return why the step must not run, or None: its epoch is
+        older than the domain's (checked in the transaction that records the start, so
+        no epoch change can slip in between), or its run or step is unknown.
 
-        Raises Superseded for a message of an older launch of the run: it is dropped
-        without a trace in the run, which belongs to the newer launch.
+        Raises Superseded for a message of an older launch of the run, or of a step
+        already done: it is dropped without a trace in the run, which belongs to the
+        newer launch.
         """
         ...
 
@@ -132,23 +134,6 @@ TRANSIENT = (OperationalError, ConnectionError, TimeoutError)
 MAX_RETRIES = 3
 
 
-def refuse_stale(domain: Domain, env: Envelope) -> str | None:
-    """Why a step issued under `env.epoch` must not act now, or None."""
-    engine = _ledger_engine(domain.ledger_url)
-    current = authority.read(engine, domain.control.name)
-    if current is not None and env.epoch < current.epoch:
-        return (
-            f"step {env.name} was issued under epoch {env.epoch}; "
-            f"the domain is at epoch {current.epoch} (master {current.master})"
-        )
-    return None
-
-
-@cache
-def _ledger_engine(url: str):  # type: ignore[no-untyped-def]
-    return create_engine(url, pool_pre_ping=True)
-
-
 StepFn = Callable[[Here, S], "str | Outcome"]
 
 
@@ -185,7 +170,7 @@ def _run_step(self: Task, env: Envelope, fn: StepFn, arg: S) -> str:
         # A control worker serves `control` only; a node worker its own queue.
         _refuse(env, f"step {env.name} for node {env.where!r} reached the worker of {here!r}")
     try:
-        reason = refuse_stale(domain, env) or journal().begin(env, self.request.id, worker_id())
+        reason = journal().begin(env, self.request.id, worker_id())
     except Superseded as exc:
         log.warning("dropped %s of run %s: %s", env.name, env.run_id, exc)
         raise Ignore() from None

@@ -29,10 +29,14 @@ from sqlalchemy import (
     Table,
     Text,
     and_,
+    bindparam,
+    case,
     create_engine,
     event,
+    exists,
     func,
     insert,
+    make_url,
     or_,
     select,
     update,
@@ -189,10 +193,53 @@ def _pragmas(dbapi_conn, _record) -> None:  # type: ignore[no-untyped-def]
 
 @cache
 def engine_for(url: str) -> Engine:
-    engine = create_engine(url, pool_pre_ping=True)
-    if engine.dialect.name == "sqlite":
+    # A server's connection can die while pooled (PostgreSQL restarted): ping it on
+    # checkout. A SQLite connection is a file handle: a ping would only cost a statement.
+    sqlite = make_url(url).get_backend_name() == "sqlite"
+    engine = create_engine(url, pool_pre_ping=not sqlite)
+    if sqlite:
         event.listen(engine, "connect", _pragmas)
     return engine
+
+
+# The journal's statements, built once. Building and cache-keying a Core statement costs
+# more than the database's work on it (py-spy: most of a step's journal time went there).
+_STEP_KEY = and_(steps.c.run_id == bindparam("k_run"), steps.c.idx == bindparam("k_idx"),
+                 steps.c.node == bindparam("k_node"))
+_NOT_DONE = and_(*(steps.c.state != s for s in DONE))
+# Running a step, in one statement that also checks that it may run: its run is running
+# under its launch, it is not done, and the domain's epoch is not newer than its own.
+_START_STEP = update(steps).where(
+    _STEP_KEY, _NOT_DONE,
+    exists().where(runs.c.id == bindparam("k_run"), runs.c.launch == bindparam("k_launch"),
+                   runs.c.state == RUNNING),
+    ~exists().where(authority.domain_state.c.domain == bindparam("k_domain"),
+                    authority.domain_state.c.epoch > bindparam("k_epoch")),
+).values(
+    state=RUNNING,
+    # A retry of the same task (Celery's retry keeps the task id) is the same attempt.
+    attempt=case((and_(steps.c.task_id == bindparam("v_task"), steps.c.state == RETRYING),
+                  steps.c.attempt), else_=steps.c.attempt + 1),
+    task_id=bindparam("v_task"), worker=bindparam("v_worker"), started_at=bindparam("v_now"),
+    finished_at=None, error=None,
+)
+_RENEW = update(locks).where(locks.c.run_id == bindparam("k_run")).values(
+    lease_until=bindparam("v_until"))
+_SUCCEED_STEP = update(steps).where(_STEP_KEY).values(
+    state=SUCCEEDED, outcome=bindparam("v_outcome"), facts=bindparam("v_facts"), error=None,
+    finished_at=bindparam("v_now"))
+_MEMBER_STATES = select(steps.c.node, steps.c.state).where(
+    steps.c.run_id == bindparam("k_run"), steps.c.idx == bindparam("k_idx"),
+    steps.c.member.is_(True))
+_QUEUE_MEMBER = update(steps).where(_STEP_KEY).values(
+    state=QUEUED, queued_at=bindparam("v_now"), error=None, task_id=bindparam("v_task"))
+_later = steps.alias("later")
+_NEXT_IDX = (select(func.min(_later.c.idx))
+             .where(_later.c.run_id == bindparam("k_run"), _later.c.idx > bindparam("k_idx"))
+             .scalar_subquery())
+_QUEUE_NEXT = update(steps).where(
+    steps.c.run_id == bindparam("k_run"), steps.c.idx == _NEXT_IDX, _NOT_DONE,
+).values(state=QUEUED, queued_at=bindparam("v_now"), error=None)
 
 
 def new_run_id() -> str:
@@ -286,11 +333,38 @@ class Ledger:
             rows = conn.execute(
                 select(steps).where(steps.c.run_id == run_id).order_by(steps.c.idx, steps.c.node)
             ).mappings().all()
-        return [
-            StepRow(**{**r, "envelope": json.loads(r["envelope"]), "input": json.loads(r["input"]),
-                       "facts": json.loads(r["facts"]) if r["facts"] else None})
-            for r in rows
-        ]
+        return [self._step_row(r) for r in rows]
+
+    @staticmethod
+    def _step_row(r: Any) -> StepRow:
+        return StepRow(**{**r, "envelope": json.loads(r["envelope"]),
+                          "input": json.loads(r["input"]),
+                          "facts": json.loads(r["facts"]) if r["facts"] else None})
+
+    def members(self, run_id: str, idx: int) -> list[StepRow]:
+        """The members of the fan-out stage `idx`."""
+        with self.engine.connect() as conn:
+            rows = conn.execute(select(steps).where(
+                steps.c.run_id == run_id, steps.c.idx == idx, steps.c.member.is_(True))
+                .order_by(steps.c.node)).mappings().all()
+        return [self._step_row(r) for r in rows]
+
+    def member_states(self, run_id: str, idx: int) -> dict[str, str]:
+        """Node → state of each member of the fan-out stage `idx`: what a fan-out polls,
+        so it reads two short columns, not whole rows."""
+        with self.engine.connect() as conn:
+            return dict(conn.execute(_MEMBER_STATES, {"k_run": run_id, "k_idx": idx}).all())
+
+    def queue_members(self, run_id: str, idx: int, task_ids: dict[str, str]) -> None:
+        """Record the members `task_ids` names as queued, each under its task id, in one
+        transaction."""
+        if not task_ids:
+            return
+        now = time.time()
+        with self.tx() as conn:
+            conn.execute(_QUEUE_MEMBER, [
+                {"k_run": run_id, "k_idx": idx, "k_node": node, "v_task": task, "v_now": now}
+                for node, task in task_ids.items()])
 
     def step_by_task(self, task_id: str) -> StepRow | None:
         """The step whose latest attempt ran as Celery task `task_id`, if any."""
@@ -336,6 +410,37 @@ class Ledger:
         else:
             with self.tx() as c:
                 c.execute(stmt)
+
+    def start_step(self, conn: Connection, run_id: str, idx: int, node: str, launch: int,
+                   epoch: int, task_id: str, worker: str, lease: float) -> bool:
+        """Mark the step running and renew its run's lock, if it may run (its run is
+        running under `launch`, it is not done, the domain is not past `epoch`); False
+        changes nothing and leaves the why to the caller."""
+        now = time.time()
+        started = conn.execute(_START_STEP, {
+            "k_run": run_id, "k_idx": idx, "k_node": node, "k_launch": launch,
+            "k_domain": self.domain, "k_epoch": epoch, "v_task": task_id,
+            "v_worker": worker, "v_now": now}).rowcount
+        if started:
+            conn.execute(_RENEW, {"k_run": run_id, "v_until": now + lease})
+        return bool(started)
+
+    def succeed_step(self, conn: Connection, run_id: str, idx: int, node: str, outcome: str,
+                     facts: dict[str, Any], member: bool) -> bool:
+        """Record the step's success; for a stage, also queue the next stage's steps not
+        done. True when some were queued."""
+        now = time.time()
+        conn.execute(_SUCCEED_STEP, {"k_run": run_id, "k_idx": idx, "k_node": node,
+                                     "v_outcome": outcome, "v_facts": json.dumps(facts),
+                                     "v_now": now})
+        if member:
+            return False
+        return bool(conn.execute(_QUEUE_NEXT, {"k_run": run_id, "k_idx": idx,
+                                               "v_now": now}).rowcount)
+
+    def next_idx(self, run_id: str, after: int, conn: Connection) -> int | None:
+        """The index of the stage after `after`, or None when it is the last."""
+        return conn.execute(select(_NEXT_IDX), {"k_run": run_id, "k_idx": after}).scalar()
 
     def mark_queued(self, run_id: str, idx: int, conn: Connection | None = None) -> None:
         """Every not-done row at `idx` is now waiting in a queue."""
@@ -392,10 +497,6 @@ class Ledger:
         else:
             with self.tx() as c:
                 c.execute(stmt)
-
-    def renew(self, run_id: str, lease: float, conn: Connection) -> None:
-        conn.execute(update(locks).where(locks.c.run_id == run_id)
-                     .values(lease_until=time.time() + lease))
 
     # ----- snapshot catalog ----------------------------------------------------------
     def record_snapshot(self, **values: Any) -> None:

@@ -7,7 +7,7 @@ from dataclasses import asdict
 
 from cosprint.domain import Domain
 from cosprint.drivers import driver_for
-from workers.app import app, node_queue
+from workers.app import app, connected_workers, node_queue
 from workers.steps import probe
 from workflows.plan import NodeSeen
 
@@ -38,23 +38,43 @@ def fresh_connection():  # type: ignore[no-untyped-def]
     return app.connection_for_write()
 
 
+# How often to look for probe replies, and whether the workers still unheard of hold a
+# broker connection. (A Redis result's get(timeout) can block a whole second past its
+# timeout when no reply comes: Celery's result consumer waits in one-second slices.)
+POLL = 0.025
+
+
 def probe_all(domain: Domain, nodes: list[str] | None = None,
               timeout: float = 2.0) -> dict[str, NodeSeen]:
     """Ask every node's worker what it sees, in parallel; a node whose worker does not
-    answer within `timeout` is asked for its COSprint status directly."""
+    answer within `timeout` is asked for its COSprint status directly.
+
+    A worker that holds no connection to the broker cannot answer: it is not waited on
+    (a failover's dead server would otherwise hold the failover's accept for `timeout`).
+    """
     nodes = nodes or domain.names()
     pending = {n: probe.apply_async(queue=node_queue(n), expires=timeout) for n in nodes}
     deadline = time.time() + timeout
-    seen: dict[str, NodeSeen] = {}
-    for node, result in pending.items():
-        try:
-            # Worker processes forbid result.get() to keep tasks from deadlocking the
-            # pool; a probe from a worker's start-up thread blocks no pool slot.
-            report = result.get(timeout=max(0.05, deadline - time.time()),
-                                disable_sync_subtasks=False)
-        except Exception:  # timeout, expired or revoked: the worker did not answer
+    reports: dict[str, dict] = {}  # type: ignore[type-arg]
+    while pending:
+        for node in [n for n, r in pending.items() if r.ready()]:
+            result = pending.pop(node)
+            if result.successful():
+                # Worker processes forbid result.get() to keep tasks from deadlocking the
+                # pool; a probe from a worker's start-up thread blocks no pool slot.
+                reports[node] = result.get(disable_sync_subtasks=False)
             result.forget()
-            report = None
+        if not pending or time.time() >= deadline:
+            break
+        connected = connected_workers(domain)
+        for gone in [n for n in pending if connected is not None and n not in connected]:
+            pending.pop(gone).forget()
+        time.sleep(POLL)
+    for result in pending.values():  # no answer in time: expired, or a worker too slow
+        result.forget()
+    seen: dict[str, NodeSeen] = {}
+    for node in nodes:
+        report = reports.get(node)
         direct = None
         if report is None:
             st = driver_for(domain, node).status()

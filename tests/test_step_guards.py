@@ -1,0 +1,75 @@
+"""The guards every step passes before it acts, on real workers and real Redis: a message
+issued under an older epoch, one of a launch a resume has superseded, and one that
+reached another node's worker never act (DESIGN invariant 2). Each message here would
+write cl1's designation file if it acted."""
+
+from __future__ import annotations
+
+import time
+
+from cosprint import authority
+from cosprint.designation import Designation
+from workers.app import app
+from workers.steps import WriteDesignation, write_designation
+from workflows import ledger as L
+from workflows.engine import Do
+
+TARGET = Designation("bcs1", 9)  # what cl1's designation would become if a step acted
+
+
+def one_step_run(c, epoch: int) -> str:  # type: ignore[no-untyped-def]
+    c.settle()  # the workers' start-up checks are over: nothing else writes cl1's files
+    return c.engine.create("guard-test", {}, "test", "guards", epoch, [
+        Do(write_designation, WriteDesignation(TARGET.master, TARGET.epoch), node="cl1")])
+
+
+def send_by_hand(c, run_id: str, launch: int, queue: str) -> None:  # type: ignore[no-untyped-def]
+    """The run's step as a stray message would carry it: its recorded JSON, by name."""
+    [row] = c.ledger.steps(run_id)
+    app.send_task(row.task, kwargs={"run": {**row.envelope, "launch": launch},
+                                    "step": row.input}, queue=queue)
+
+
+def worker_log(c, node: str) -> str:  # type: ignore[no-untyped-def]
+    return (c.local.rundir / f"worker-{node}.log").read_text()
+
+
+def test_a_step_issued_under_an_older_epoch_is_refused_and_does_not_act(make_cluster):
+    c = make_cluster(clients=1)
+    before = c.driver("cl1").read_designation()
+    authority.advance(c.ledger.engine, c.domain.control.name, Designation("srv1", 1),
+                      Designation("srv1", 2))
+    run_id = one_step_run(c, epoch=1)
+    c.engine.launch(run_id)
+    run = c.wait(run_id)
+    assert run["state"] == L.FAILED, run
+    assert "issued under epoch 1; the domain is at epoch 2" in run["error"], run
+    assert c.driver("cl1").read_designation() == before
+
+
+def test_a_message_of_a_superseded_launch_is_dropped_and_leaves_no_trace(make_cluster):
+    c = make_cluster(clients=1)
+    before = c.driver("cl1").read_designation()
+    run_id = one_step_run(c, epoch=1)
+    c.ledger.next_launch(run_id)  # a resume's launch 2 now owns the run
+    send_by_hand(c, run_id, launch=1, queue="node.cl1")
+    # The worker's log is the only sign that it took the message: the ledger must show none.
+    deadline = time.time() + 60
+    while f"dropped write_designation of run {run_id}" not in worker_log(c, "cl1"):
+        assert time.time() < deadline, worker_log(c, "cl1")[-2000:]
+        time.sleep(0.1)
+    [after] = c.ledger.steps(run_id)
+    assert (after.state, after.attempt, after.task_id) == (L.PLANNED, 0, None), after
+    assert c.driver("cl1").read_designation() == before
+
+
+def test_a_step_that_reached_another_nodes_worker_is_refused_and_does_not_act(make_cluster):
+    c = make_cluster(clients=1)
+    before = c.driver("cl1").read_designation()
+    run_id = one_step_run(c, epoch=1)
+    c.ledger.set_run_state(run_id, L.RUNNING)
+    send_by_hand(c, run_id, launch=1, queue="node.srv1")
+    run = c.wait(run_id)
+    assert run["state"] == L.FAILED, run
+    assert "for node 'cl1' reached the worker of 'srv1'" in run["error"], run
+    assert c.driver("cl1").read_designation() == before
