@@ -45,9 +45,8 @@ def atomic_copy(src: Path, dest: Path) -> None:
     dest = Path(dest)
     dest.parent.mkdir(parents=True, exist_ok=True)
     tmp = dest.with_name(dest.name + TMP_SUFFIX)
-    with open(src, "rb") as fin, open(tmp, "wb") as fout:
-        shutil.copyfileobj(fin, fout, 1024 * 1024)
-        fout.flush()
+    shutil.copyfile(src, tmp)  # in-kernel (sendfile) where the platform has it
+    with open(tmp, "rb+") as fout:
         os.fsync(fout.fileno())
     os.replace(tmp, dest)
     fsync_dir(dest.parent)

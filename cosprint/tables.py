@@ -7,6 +7,7 @@ re-points it when the master changes.
 
 from __future__ import annotations
 
+import functools
 import hashlib
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -26,6 +27,8 @@ from sqlalchemy import (
     select,
     update,
 )
+from sqlalchemy.dialects import sqlite
+from sqlalchemy.schema import CreateIndex, CreateTable
 
 metadata = MetaData()
 
@@ -118,6 +121,19 @@ def open_tables(url: str) -> Engine:
         event.listen(engine, "connect", _sqlite_pragmas)
     metadata.create_all(engine)
     return engine
+
+
+@functools.cache
+def sqlite_schema() -> str:
+    """The schema as an SQLite script that creates only what is missing: a raw sqlite3
+    connection completes a file with it, without an engine or `create_all`'s probes."""
+    dialect = sqlite.dialect()
+    parts = []
+    for t in metadata.sorted_tables:
+        parts.append(str(CreateTable(t, if_not_exists=True).compile(dialect=dialect)))
+        parts += [str(CreateIndex(i, if_not_exists=True).compile(dialect=dialect))
+                  for i in t.indexes]
+    return ";\n".join(p.strip() for p in parts) + ";\n"
 
 
 @contextmanager

@@ -150,6 +150,26 @@ def test_a_snapshot_corrupted_in_transit_fails_verify_and_the_verified_one_stays
     assert c.ledger.holder("backup") is None  # a failed backup frees the schedule
 
 
+# ----- retention --------------------------------------------------------------------------
+def test_verify_prunes_past_retention_and_keeps_the_newest_verified(make_cluster):
+    c = make_cluster(servers=1, bcs=2, clients=0, objects=500, up=False)
+    text = c.domain.path.read_text()
+    assert "retention = 5" in text
+    c.domain.path.write_text(text.replace("retention = 5", "retention = 2"))
+    c.up()
+    runs = [backup_ok(c) for _ in range(3)]
+    files = [snapshot_file(c, r) for r in runs]
+    for bcs in ("bcs1", "bcs2"):
+        area = c.domain.backup_area(bcs)
+        assert [p.name for p in list_snapshots(area)] == files[1:], bcs
+        assert all(is_verified(p) for p in list_snapshots(area))
+        assert not (area / (files[0] + ".verified")).exists()
+        verify = step_of(c, runs[2], "verify_snapshot", bcs)
+        assert verify.facts["pruned"] == [files[0]], verify.facts
+        assert "pruned 1 older snapshot" in verify.outcome, verify.outcome
+        assert step_of(c, runs[1], "verify_snapshot", bcs).facts["pruned"] == []
+
+
 # ----- beat -------------------------------------------------------------------------------
 def test_beat_every_second_backs_up_never_two_at_once_and_records_skips(make_cluster):
     c = make_cluster(servers=1, bcs=1, clients=0, objects=1000, up=False)

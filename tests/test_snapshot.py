@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import json
 import shutil
+import sqlite3
+from contextlib import closing
 from pathlib import Path
 
 import pytest
@@ -16,7 +18,6 @@ from cosprint.snapshot import (
     import_snapshot,
     manifest_path,
     read_manifest,
-    trial_restore,
 )
 
 
@@ -94,12 +95,6 @@ def test_round_trip_through_a_non_sqlite_path_streams_rows(master, snap, tmp_pat
     assert _digest(url) == _digest(master)
 
 
-def test_trial_restore_matches_manifest_and_leaves_no_scratch(snap, tmp_path):
-    manifest = trial_restore(snap, tmp_path, domain="demo")
-    assert manifest.rows == 600
-    assert not list(tmp_path.glob("*.trial.db"))
-
-
 def _refused(snap: Path, target: str, fragment: str, **kw) -> None:
     before = _digest(target)
     with pytest.raises(SnapshotError, match=fragment) as err:
@@ -157,3 +152,41 @@ def test_manifest_records_counts_epoch_and_checksum(snap):
     assert (m.domain, m.epoch, m.source) == ("demo", 3, "srv1")
     assert set(m.tables) == {t.name for t in tables.OBJECT_TABLES}
     assert check_snapshot(snap, domain="demo") == m
+
+
+def test_export_of_tables_with_dangling_references_is_refused_and_writes_nothing(master,
+                                                                                 tmp_path):
+    """SQLite's own checks run on the file as it is written: a damaged source never gets
+    a manifest (and so is never shipped, verified or restored)."""
+    db = master.removeprefix("sqlite:///")
+    with closing(sqlite3.connect(db)) as conn:  # foreign keys off: as a faulty writer would
+        conn.execute("INSERT INTO queues (id, name, host, printer_id) "
+                     "VALUES (99999, 'orphan', 'srv1', 424242)")
+        conn.commit()
+    dest = tmp_path / "out" / "demo-e3.snap"
+    with pytest.raises(SnapshotError, match="reference missing objects"):
+        export_snapshot(master, dest, domain="demo", epoch=3, source="srv1")
+    assert list(dest.parent.iterdir()) == []
+
+
+def test_export_of_a_source_missing_a_table_gives_a_whole_snapshot_and_leaves_the_source(
+        tmp_path):
+    src = tmp_path / "partial.db"
+    with closing(sqlite3.connect(src)) as conn:
+        conn.execute("CREATE TABLE printers (id INTEGER PRIMARY KEY, name VARCHAR(80), "
+                     "host VARCHAR(40), device VARCHAR(200), location VARCHAR(200))")
+        conn.execute("INSERT INTO printers VALUES (1, 'p1', 'srv1', 'socket://x', '')")
+        conn.commit()
+    dest = tmp_path / "demo-e1.snap"
+    m = export_snapshot(f"sqlite:///{src}", dest, domain="demo", epoch=1, source="srv1")
+    assert m.tables == {t.name: int(t.name == "printers") for t in tables.OBJECT_TABLES}
+    assert check_snapshot(dest, domain="demo") == m
+    with closing(sqlite3.connect(src)) as conn:
+        names = {r[0] for r in conn.execute("SELECT name FROM sqlite_master WHERE type='table'")}
+    assert names == {"printers"}, "an export must not change the live tables"
+
+
+def test_check_reads_in_place_and_writes_nothing_beside_the_snapshot(snap):
+    before = sorted((p.name, p.stat().st_mtime_ns) for p in snap.parent.iterdir())
+    check_snapshot(snap, domain="demo", min_epoch=3)
+    assert sorted((p.name, p.stat().st_mtime_ns) for p in snap.parent.iterdir()) == before

@@ -1,8 +1,10 @@
 """Backup: the master's tables, exported, shipped to every BCS, verified, catalogued.
 
-export on the master → ship to each BCS → verify on each BCS (sha256, trial restore)
-→ record in the catalog → prune past retention. Backups never overlap: a trigger
-while one runs is recorded as skipped, with the holder's run id.
+export on the master (SQLite's checks, then sha256) → ship to each BCS → verify on each
+BCS in place (sha256, header, row counts), then prune past retention there → record in
+the catalog. Backups never overlap, nor start during a hosting change (whose new epoch
+would make their nodes refuse them): a trigger while either runs is recorded as
+skipped, with the holder's run id.
 """
 
 from __future__ import annotations
@@ -13,11 +15,9 @@ from cosprint.domain import Domain
 from workers.app import app
 from workers.steps import (
     ExportTables,
-    PruneBackups,
     ShipSnapshot,
     VerifySnapshot,
     export_tables,
-    prune_backups,
     ship_snapshot,
     verify_snapshot,
 )
@@ -42,23 +42,25 @@ def backup_stages(domain: Domain, master: str, epoch: int, run_id: str) -> list[
         Each(ship_snapshot, {b: ShipSnapshot(file=file, source=master) for b in bcss}),
         Each(verify_snapshot, {b: VerifySnapshot(file=file) for b in bcss}),
         Do(record_backup, RecordBackup(run_id=run_id, verify_idx=2)),
-        Each(prune_backups, {b: PruneBackups(retention=domain.control.retention) for b in bcss},
-             required=False),
         Do(release_lock, LockInput(run_id=run_id, lock=L.BACKUP_LOCK)),
     ]
 
 
 def start_backup(eng: Engine, who: str, why: str = "") -> tuple[str, str]:
     """Record and launch a backup run; returns (run_id, state) — state is `skipped`
-    when another backup holds the lock."""
+    when another backup or a hosting change holds its lock."""
     state = current_state(eng)
     run_id = L.new_run_id()
     params = {"master": state.master, "epoch": state.epoch}
     try:
+        hosting = eng.ledger.holder(L.HOSTING_LOCK)
+        if hosting:
+            raise L.LockHeld(L.HOSTING_LOCK, hosting)
         eng.ledger.acquire(L.BACKUP_LOCK, run_id, who, eng.domain.control.lock_lease)
     except L.LockHeld as held:
+        what = "backup" if held.lock == L.BACKUP_LOCK else "hosting change"
         eng.ledger.create_run(WORKFLOW, {**params, "holder": held.holder}, who,
-                              f"skipped: backup run {held.holder} is still running",
+                              f"skipped: {what} run {held.holder} is still running",
                               [], run_id=run_id, state=L.SKIPPED)
         return run_id, L.SKIPPED
     stages = backup_stages(eng.domain, state.master, state.epoch, run_id)
