@@ -6,6 +6,7 @@ run at any step, ends in the same state (DESIGN section 2).
 
 from __future__ import annotations
 
+import json
 import os
 import time
 from dataclasses import asdict, dataclass
@@ -15,6 +16,7 @@ from sqlalchemy import func, select
 
 from cosprint import snapshot as snap
 from cosprint import tables
+from cosprint.daemon import JOB_SUFFIX
 from cosprint.designation import Designation
 from cosprint.drivers import driver_for
 from cosprint.errors import CosfailError, DriverError, SnapshotError, StaleEpochError
@@ -99,24 +101,25 @@ class VerifySnapshot:
 
 @step("backup.verify_snapshot", VerifySnapshot)
 def verify_snapshot(here: Here, arg: VerifySnapshot) -> Outcome:
-    """Checksum, then a trial restore into scratch; only then mark it verified."""
-    path = here.domain.backup_area(here.node) / arg.file
-    scratch = here.domain.home(here.node) / "var" / "scratch"
-    scratch.mkdir(parents=True, exist_ok=True)
-    manifest = snap.trial_restore(path, scratch, domain=here.domain.control.name)
+    """Verify the shipped copy in place (sha256, header, row counts: everything a restore
+    checks; a restore is a copy of these very bytes), mark it verified, then prune the
+    snapshots past retention: the one just verified is the newest, so it always stays."""
+    area = here.domain.backup_area(here.node)
+    path = area / arg.file
+    manifest = snap.check_snapshot(path, domain=here.domain.control.name)
     marker = verified_marker(path)
     if not marker.exists():
         marker.write_text(f"{time.time()}\n")
-    return Outcome(
-        f"verified {arg.file} on {here.node}: sha256 and trial restore of "
-        f"{manifest.rows} rows",
-        {"manifest": asdict(manifest), "verified_at": marker.stat().st_mtime},
-    )
-
-
-@dataclass(frozen=True)
-class PruneBackups:
-    retention: int
+    text = f"verified {arg.file} on {here.node}: sha256, header and {manifest.rows} rows"
+    try:
+        pruned = prune_backups(area, here.domain.control.retention)
+    except OSError as exc:  # a verified backup stands even when the old ones stay
+        text += f"; nothing pruned: {exc}"
+        pruned = []
+    else:
+        text += f"; pruned {len(pruned)} older snapshot(s)" if pruned else ""
+    return Outcome(text, {"manifest": asdict(manifest), "verified_at": marker.stat().st_mtime,
+                          "pruned": pruned})
 
 
 def choose_prunable(entries: list[tuple[str, bool]], retention: int) -> list[str]:
@@ -135,20 +138,16 @@ def choose_prunable(entries: list[tuple[str, bool]], retention: int) -> list[str
     return [n for i, (n, _ok) in enumerate(entries) if i < cutoff and n not in keep]
 
 
-@step("backup.prune_backups", PruneBackups)
-def prune_backups(here: Here, arg: PruneBackups) -> Outcome:
-    """Delete snapshots past retention on this BCS; keep the newest verified always."""
-    area = here.domain.backup_area(here.node)
+def prune_backups(area: Path, retention: int) -> list[str]:
+    """Delete the snapshots of a BCS's backup area past retention; returns their names."""
     found = snap.list_snapshots(area)
-    doomed = choose_prunable([(p.name, is_verified(p)) for p in found], arg.retention)
+    doomed = choose_prunable([(p.name, is_verified(p)) for p in found], retention)
     for name in doomed:
         path = area / name
         path.unlink(missing_ok=True)
         snap.manifest_path(path).unlink(missing_ok=True)
         verified_marker(path).unlink(missing_ok=True)
-    kept = len(found) - len(doomed)
-    return Outcome(f"pruned {len(doomed)} snapshot(s) on {here.node}, kept {kept}",
-                   {"pruned": doomed})
+    return doomed
 
 
 # ----- probing (answers the control plane synchronously, through the result backend) ----
@@ -345,10 +344,14 @@ def restart_check(here: Here, arg: RestartCheck) -> str:
     last = driver.read_last_running()
     if last == new:
         return f"{here.node} already runs under {new}"
-    if here.node != arg.master:
+    published = outbox(here, arg.master) / arg.file
+    if here.node != arg.master and transport.same_host(here.domain, arg.master, here.node):
+        # The master's outbox is on this file system: the import reads it in place and
+        # copies it into this node's tables once (no second copy through an inbox).
+        driver.import_snapshot(published, arg.epoch, here.domain.control.name)
+    elif here.node != arg.master:
         local = here.domain.home(here.node) / "var" / "inbox" / arg.file
-        transport.fetch_snapshot(here.domain, arg.master, outbox(here, arg.master) / arg.file,
-                                 here.node, local)
+        transport.fetch_snapshot(here.domain, arg.master, published, here.node, local)
         driver.import_snapshot(local, arg.epoch, here.domain.control.name)
         local.unlink()
         snap.manifest_path(local).unlink(missing_ok=True)
@@ -411,3 +414,33 @@ def set_aside_data(here: Here, arg: SetAside) -> str:
             moved += 1
     return f"set aside {here.node}'s obsolete data (epoch {arg.epoch}) in " \
         f"{RECLAIMED / str(arg.epoch)}: tables, designation, {moved} spool job(s)"
+
+
+@dataclass(frozen=True)
+class ResendJobs:
+    epoch: int  # whose set-aside spool, var/reclaimed/<epoch>/spool, to send again
+
+
+@step("reclaim.resend_set_aside_jobs", ResendJobs)
+def resend_set_aside_jobs(here: Here, arg: ResendJobs) -> Outcome:
+    """Print what this node had accepted but not printed when it failed: each set-aside
+    job goes again, under its own id, through this node's COSprint (a slave now) to its
+    queue's current host. The ids keep it to one print: this node answers for a job it
+    printed before it failed, the host for one a client already sent again. The
+    set-aside copies stay where they are."""
+    spool = here.domain.home(here.node) / RECLAIMED / str(arg.epoch) / "spool"
+    sent, known = 0, 0
+    for path in sorted(spool.glob(f"*{JOB_SUFFIX}")):
+        job = json.loads(path.read_bytes())
+        code, answer = here.driver.submit(job["queue"], job.get("data", ""),
+                                          job_id=job["job_id"])
+        if code != 202:
+            raise DriverError(f"set-aside job {job['job_id']} sent again via {here.node}: "
+                              f"{code} {answer.get('error', answer)}")
+        if answer.get("duplicate"):
+            known += 1
+        else:
+            sent += 1
+    return Outcome(f"sent {sent} set-aside job(s) of {here.node} to their hosts again; "
+                   f"{known} were printed or held there already",
+                   {"sent": sent, "duplicates": known})

@@ -8,11 +8,13 @@ count every job: submitted, printed, lost.
 
 from __future__ import annotations
 
+import json
 import socket
 import tempfile
 import threading
 import time
 import uuid
+from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -24,6 +26,7 @@ from cosprint import tables
 from cosprint.demo import init_demo
 from cosprint.domain import Domain, load_domain
 from cosprint.drivers import driver_for
+from cosprint.errors import DriverError
 from workers.app import configure
 from workers.local import LocalDomain
 from workflows import ledger as L
@@ -38,10 +41,15 @@ Say = Callable[[str], None]
 RunShown = Callable[[Engine, str], dict[str, Any]]
 
 
+NO_ANSWER = ("Connection refused", "Connection reset")  # how a client sees a node go
+
+
 @dataclass
 class JobStream:
     """A print client: jobs at a steady rate through the clients, retried while the
-    service is out (a 503 or no answer), as a real client queue would."""
+    service is out (a 503 or no answer), as a real client queue would: oldest first,
+    and a queue whose job was just refused holds the rest of its jobs till the next
+    round. Any other answer settles the job as rejected, never retried."""
 
     domain: Domain
     clients: list[str]
@@ -49,9 +57,16 @@ class JobStream:
     rate: float = 20.0
     submitted: dict[str, str] = field(default_factory=dict)  # job id → queue
     accepted: dict[str, float] = field(default_factory=dict)  # job id → when
-    refusals: int = 0
+    # job id → (when, why) of each try that was refused and will be retried
+    refused: dict[str, list[tuple[float, str]]] = field(default_factory=dict)
+    rejected: dict[str, str] = field(default_factory=dict)  # job id → the final answer
     _stop: threading.Event = field(default_factory=threading.Event)
     _thread: threading.Thread | None = None
+
+    @property
+    def refusals(self) -> int:
+        """Tries refused (and retried) so far."""
+        return sum(len(tries) for tries in list(self.refused.values()))
 
     def start(self) -> None:
         self._thread = threading.Thread(target=self._run, daemon=True, name="jobs")
@@ -65,40 +80,63 @@ class JobStream:
     def _run(self) -> None:
         n = 0
         backlog: list[str] = []
+        began = time.monotonic()
         while not self._stop.is_set():
-            job_id = f"job-{n:05d}-{uuid.uuid4().hex[:6]}"
-            self.submitted[job_id] = self.queues[n % len(self.queues)]
-            backlog.append(job_id)
-            n += 1
-            backlog = [j for j in backlog if not self._try(j)]
-            self._stop.wait(1.0 / self.rate)
+            # Users print at the rate, however long the sends take: jobs wait in the
+            # client's queue meanwhile.
+            while n <= (time.monotonic() - began) * self.rate:
+                job_id = f"job-{n:05d}-{uuid.uuid4().hex[:6]}"
+                self.submitted[job_id] = self.queues[n % len(self.queues)]
+                backlog.append(job_id)
+                n += 1
+            backlog = self._send(backlog)
+            self._stop.wait(max(0.0, began + n / self.rate - time.monotonic()))
         deadline = time.time() + 60  # the stream ends: its backlog is still delivered
         while backlog and time.time() < deadline:
-            backlog = [j for j in backlog if not self._try(j)]
+            backlog = self._send(backlog)
             time.sleep(0.1)
 
+    def _send(self, backlog: list[str]) -> list[str]:
+        """One round over the waiting jobs; returns those still waiting, in order."""
+        held: set[str] = set()
+        waiting = []
+        for job_id in backlog:
+            queue = self.submitted[job_id]
+            if queue in held or not self._try(job_id):
+                held.add(queue)
+                waiting.append(job_id)
+        return waiting
+
     def _try(self, job_id: str) -> bool:
+        """Send one job; True once it is settled (accepted, or rejected for good)."""
         client = self.clients[hash(job_id) % len(self.clients)]
         try:
-            code, _ = driver_for(self.domain, client).submit(
+            code, answer = driver_for(self.domain, client).submit(
                 self.submitted[job_id], f"page of {job_id}", job_id=job_id, timeout=2.0)
-        except Exception:
-            code = 0
-        if code == 202:
-            self.accepted[job_id] = time.time()
-            return True
-        self.refusals += 1
+        except DriverError as exc:  # no answer: the service is out, or on its way out
+            why = next((k.lower() for k in NO_ANSWER if k in str(exc)), f"no answer: {exc}")
+        else:
+            if code == 202:
+                self.accepted[job_id] = time.time()
+                return True
+            if code != 503:
+                self.rejected[job_id] = f"{code} {answer.get('error', '')}"
+                return True
+            why = "503"
+        self.refused.setdefault(job_id, []).append((time.time(), why))
         return False
 
     def printed(self) -> set[str]:
-        import json
+        return set(self.printed_counts())
 
-        done: set[str] = set()
+    def printed_counts(self) -> Counter[str]:
+        """How many times each job was printed, from every node's sink files."""
+        done: Counter[str] = Counter()
         for node in self.domain.names():
             for sink in (self.domain.home(node) / "var" / "sink").glob("*.log"):
                 for line in sink.read_text().splitlines():
                     try:
-                        done.add(json.loads(line)["job_id"])
+                        done[json.loads(line)["job_id"]] += 1
                     except (ValueError, KeyError):
                         continue
         return done

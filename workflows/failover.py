@@ -12,6 +12,8 @@ from __future__ import annotations
 
 import subprocess
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import asdict, dataclass
 
 from cosprint.domain import Domain
@@ -151,29 +153,57 @@ def hosting_moves(eng: Engine) -> list[tuple[int, str, str]]:
 
 def start_failover(eng: Engine, req: FailoverRequest, who: str, why: str = "",
                    dry_run: bool = False) -> Started:
-    holder = eng.ledger.holder(L.HOSTING_LOCK)
-    if holder:
-        raise L.LockHeld(L.HOSTING_LOCK, holder)
+    since = unlocked(eng)
     plan = plan_now(eng, req)
     if dry_run:
         return Started(None, plan)
     run_id = L.new_run_id()
     params = {"request": asdict(req), "plan": asdict(plan)}
-    veto = pre_hook_veto(eng.domain, plan)
-    if veto:
-        eng.ledger.create_run(WORKFLOW, params, who, f"vetoed: {veto}", [], run_id=run_id,
-                              state=L.REFUSED)
-        raise Refused(f"pre_failover hook vetoed the failover: {veto}")
-    eng.ledger.acquire(L.HOSTING_LOCK, run_id, who, eng.domain.control.lock_lease)
-    try:
+    with hosting_change(eng, run_id, who, since):
+        # Vetted under the lock: what the hook approved is what runs.
+        veto = pre_hook_veto(eng.domain, plan)
+        if veto:
+            eng.ledger.create_run(WORKFLOW, params, who, f"vetoed: {veto}", [],
+                                  run_id=run_id, state=L.REFUSED)
+            raise Refused(f"pre_failover hook vetoed the failover: {veto}")
         eng.create(WORKFLOW, params, who, why, plan.epoch_before,
                    failover_stages(eng.domain, plan, run_id, with_spool=req.with_spool),
                    run_id=run_id)
         eng.launch(run_id)
-    except Exception:
+    return Started(run_id, plan)
+
+
+HOSTING_WORKFLOWS = (*HOSTING_MOVES, "reclaim")
+
+
+def unlocked(eng: Engine) -> float:
+    """Refuse at once while a hosting change holds the domain; else the time from which
+    the trigger's plan reads the domain (see `hosting_change`)."""
+    since = time.time()
+    holder = eng.ledger.holder(L.HOSTING_LOCK)
+    if holder:
+        raise L.LockHeld(L.HOSTING_LOCK, holder)
+    return since
+
+
+@contextmanager
+def hosting_change(eng: Engine, run_id: str, who: str, since: float) -> Iterator[None]:
+    """The domain lock for a trigger that planned from `since` on, released if it
+    refuses or fails before its run is launched. A hosting change recorded after
+    `since` (even one already over) may have made the plan stale: the trigger is
+    refused naming that run, as if it had come while that run held the lock. Checked
+    before taking the lock, so that a holder another trigger is told of is one the
+    ledger will show; a whole run cannot fit between the check and the take."""
+    for workflow in HOSTING_WORKFLOWS:
+        newest = eng.ledger.runs(limit=1, workflow=workflow)
+        if newest and newest[0]["created_at"] >= since:
+            raise L.LockHeld(L.HOSTING_LOCK, newest[0]["id"])
+    eng.ledger.acquire(L.HOSTING_LOCK, run_id, who, eng.domain.control.lock_lease)
+    try:
+        yield
+    except BaseException:
         eng.ledger.release(L.HOSTING_LOCK, run_id)
         raise
-    return Started(run_id, plan)
 
 
 def pre_hook_veto(domain: Domain, plan: FailoverPlan) -> str | None:

@@ -3,8 +3,9 @@
 confirm it is stale (the trigger) → take the domain lock → make sure its COSprint is
 stopped → set its obsolete data aside under var/reclaimed/<epoch>/ (never deleted) →
 the master publishes its tables → reset the node's tables from them, write its
-designation and last-running record → start COSprint (a slave now) → verify it points
-at the master → release the lock.
+designation and last-running record → start COSprint (a slave now) → send the jobs it
+had accepted but not printed to their current hosts → verify it points at the master →
+release the lock.
 """
 
 from __future__ import annotations
@@ -15,9 +16,11 @@ from dataclasses import asdict
 from workers.steps import (
     NoInput,
     PublishTables,
+    ResendJobs,
     RestartCheck,
     SetAside,
     publish_tables,
+    resend_set_aside_jobs,
     restart_check,
     set_aside_data,
     start_cosprint,
@@ -26,7 +29,7 @@ from workers.steps import (
 from workflows import ledger as L
 from workflows.control import LockInput, VerifyFailover, release_lock, take_lock, verify_failover
 from workflows.engine import Do, Engine, Stage
-from workflows.failover import Refused, tables_file
+from workflows.failover import Refused, hosting_change, tables_file, unlocked
 from workflows.liveness import probe_all
 from workflows.plan import ReclaimPlan, plan_reclaim
 from workflows.state import current_state
@@ -44,6 +47,7 @@ def reclaim_stages(plan: ReclaimPlan, file: str) -> list[Stage]:
         Do(restart_check, RestartCheck(master=plan.master, epoch=plan.epoch, file=file),
            node=plan.server),
         Do(start_cosprint, NoInput(), node=plan.server),
+        Do(resend_set_aside_jobs, ResendJobs(epoch=plan.obsolete_epoch), node=plan.server),
         Do(verify_failover, VerifyFailover(master=plan.master, epoch=plan.epoch,
                                            nodes=[plan.server])),
     ]
@@ -63,23 +67,17 @@ def plan_reclaim_now(eng: Engine, server: str) -> ReclaimPlan:
 
 def start_reclaim(eng: Engine, server: str, who: str, why: str = "",
                   dry_run: bool = False) -> tuple[str | None, ReclaimPlan]:
-    holder = eng.ledger.holder(L.HOSTING_LOCK)
-    if holder:
-        raise L.LockHeld(L.HOSTING_LOCK, holder)
+    since = unlocked(eng)
     plan = plan_reclaim_now(eng, server)
     if dry_run:
         return None, plan
     run_id = L.new_run_id()
-    eng.ledger.acquire(L.HOSTING_LOCK, run_id, who, eng.domain.control.lock_lease)
     hosting = LockInput(run_id=run_id, lock=L.HOSTING_LOCK)
     stages = [Do(take_lock, hosting),
               *reclaim_stages(plan, tables_file(run_id, plan.epoch)),
               Do(release_lock, hosting)]
-    try:
+    with hosting_change(eng, run_id, who, since):
         eng.create(WORKFLOW, {"server": server, "plan": asdict(plan), "at": time.time()},
                    who, why, plan.epoch, stages, run_id=run_id)
         eng.launch(run_id)
-    except Exception:
-        eng.ledger.release(L.HOSTING_LOCK, run_id)
-        raise
     return run_id, plan

@@ -25,7 +25,7 @@ from workflows import ledger as L
 from workflows.backup import snapshot_name
 from workflows.control import LockInput, release_lock, take_lock
 from workflows.engine import Do, Engine, Stage
-from workflows.failover import Refused, move_hosting, tables_file
+from workflows.failover import Refused, hosting_change, move_hosting, tables_file, unlocked
 from workflows.liveness import probe_all
 from workflows.plan import FailoverPlan, ReclaimPlan, plan_failback, plan_switchover
 from workflows.reclaim import reclaim_stages
@@ -59,34 +59,24 @@ def planned_move_stages(eng: Engine, plan: FailoverPlan, run_id: str) -> list[St
 
 
 def _start(eng: Engine, workflow: str, plan: FailoverPlan | str, who: str, why: str,
-           dry_run: bool) -> tuple[str | None, FailoverPlan]:
+           dry_run: bool, since: float) -> tuple[str | None, FailoverPlan]:
     if isinstance(plan, str):
         raise Refused(plan)
     if dry_run:
         return None, plan
     run_id = L.new_run_id()
-    eng.ledger.acquire(L.HOSTING_LOCK, run_id, who, eng.domain.control.lock_lease)
-    try:
+    with hosting_change(eng, run_id, who, since):
         eng.create(workflow, {"server": plan.server, "plan": asdict(plan)}, who, why,
                    plan.epoch_before, planned_move_stages(eng, plan, run_id), run_id=run_id)
         eng.launch(run_id)
-    except Exception:
-        eng.ledger.release(L.HOSTING_LOCK, run_id)
-        raise
     return run_id, plan
-
-
-def _unlocked(eng: Engine) -> None:
-    holder = eng.ledger.holder(L.HOSTING_LOCK)
-    if holder:
-        raise L.LockHeld(L.HOSTING_LOCK, holder)
 
 
 def start_switchover(eng: Engine, server: str, to: str, who: str, why: str = "",
                      dry_run: bool = False) -> tuple[str | None, FailoverPlan]:
-    _unlocked(eng)
+    since = unlocked(eng)
     plan = plan_switchover(eng.domain, current_state(eng), probe_all(eng.domain), server, to)
-    return _start(eng, "switchover", plan, who, why, dry_run)
+    return _start(eng, "switchover", plan, who, why, dry_run, since)
 
 
 def took_over(eng: Engine, server: str) -> str | None:
@@ -104,7 +94,7 @@ def took_over(eng: Engine, server: str) -> str | None:
 
 def start_failback(eng: Engine, server: str, who: str, why: str = "",
                    dry_run: bool = False) -> tuple[str | None, FailoverPlan]:
-    _unlocked(eng)
+    since = unlocked(eng)
     plan = plan_failback(eng.domain, current_state(eng), probe_all(eng.domain), server,
                          took_over(eng, server), reclaim_needed(eng))
-    return _start(eng, "failback", plan, who, why, dry_run)
+    return _start(eng, "failback", plan, who, why, dry_run, since)

@@ -44,10 +44,13 @@ class FaultHarness:
 
     # ----- state ----------------------------------------------------------------------
     def _save(self) -> None:
+        # COSprint stays down where it was down (a killed node, a fenced server).
+        self.running = {n for n in self.c.domain.names() if self.c.driver(n).pid()}
         for node in self.c.domain.names():
             self.c.driver(node).stop()
             shutil.copytree(self.c.domain.home(node), self.pristine / node, symlinks=True,
                             ignore=shutil.ignore_patterns("log", "*.pid"))
+        for node in self.running:
             self.c.driver(node).start()
         self.initial = authority.read(self.c.ledger.engine, self.c.domain.control.name)
 
@@ -66,7 +69,7 @@ class FaultHarness:
                 conn.execute(delete(table))
             conn.execute(update(authority.domain_state).values(
                 master=self.initial.master, epoch=self.initial.epoch))
-        for node in self.c.domain.names():
+        for node in self.running:
             self.c.driver(node).start()
 
     def fingerprint(self) -> dict[str, Any]:
@@ -121,6 +124,12 @@ class FaultHarness:
         if kp.node:
             self._wait_start_up_check(kp.node, checks, deadline)
         return run_id
+
+    def revive_worker(self, node: str, timeout: float = 90.0) -> None:
+        """Start `node`'s dead worker; return once its start-up check has ended."""
+        before = self._start_up_checks(node)
+        self.c.restart_worker(node)
+        self._wait_start_up_check(node, before, time.time() + timeout)
 
     def _wait_start_up_check(self, node: str, before: int, deadline: float) -> None:
         """A restarted node worker checks itself once the domain is free: wait until it

@@ -19,9 +19,12 @@ from workflows.backup import start_backup
 from workflows.failover import start_failover
 from workflows.plan import FailoverRequest
 from workflows.reclaim import start_reclaim
+from workflows.restart_check import start_restart_check
 
+WHO = "fault-suite"
 DATA_STEPS = {"export_tables", "ship_snapshot", "verify_snapshot", "restore_snapshot",
-              "rehost_objects", "publish_tables", "refresh_tables", "set_aside_data"}
+              "rehost_objects", "publish_tables", "refresh_tables", "set_aside_data",
+              "resend_set_aside_jobs"}
 
 
 def kill_points(c, run_id: str) -> list[KillPoint]:  # type: ignore[no-untyped-def]
@@ -45,8 +48,12 @@ def survive_every_kill(c, h: FaultHarness, trigger: Callable[[], str]) -> list[s
         h.reset()
         run_id = h.run_with_kill(trigger, kp)
         got = h.fingerprint()
+        # A restarted node worker runs a restart-check of its own: one more run of that
+        # workflow, which must succeed too.
         runs = c.ledger.runs(limit=50, workflow=c.ledger.run(run_id)["workflow"])
-        ok = got == expected and [r["state"] for r in runs] == [L.SUCCEEDED]
+        ours = [r["state"] for r in runs if r["triggered_by"] == WHO]
+        ok = got == expected and ours == [L.SUCCEEDED] and \
+            all(r["state"] == L.SUCCEEDED for r in runs)
         report.append(f"{kp}: {'same end state' if ok else 'DIFFERENT'}")
         print(report[-1], flush=True)
         if not ok:
@@ -68,7 +75,7 @@ def test_failover_survives_a_kill_at_every_step(fault_cluster):
 
     def trigger() -> str:
         req = FailoverRequest(server="srv1", to="bcs1", force=True)
-        return start_failover(c.engine, req, "fault-suite").run_id or ""
+        return start_failover(c.engine, req, WHO).run_id or ""
 
     report = survive_every_kill(c, h, trigger)
     assert len(report) >= 20
@@ -78,7 +85,7 @@ def test_failover_survives_a_kill_at_every_step(fault_cluster):
 def test_backup_survives_a_kill_at_every_step(fault_cluster):
     c, fp = fault_cluster(servers=1, bcs=1, clients=1, objects=3000)
     h = FaultHarness(c, fp)
-    report = survive_every_kill(c, h, lambda: start_backup(c.engine, "fault-suite")[0])
+    report = survive_every_kill(c, h, lambda: start_backup(c.engine, WHO)[0])
     assert len(report) >= 8
 
 
@@ -89,5 +96,35 @@ def test_reclaim_survives_a_kill_at_every_step(fault_cluster):
     req = FailoverRequest(server="srv1", to="bcs1", force=True)
     assert c.wait(start_failover(c.engine, req, "setup").run_id)["state"] == L.SUCCEEDED
     h = FaultHarness(c, fp)
-    report = survive_every_kill(c, h, lambda: start_reclaim(c.engine, "srv1", "fault-suite")[0])
+    report = survive_every_kill(c, h, lambda: start_reclaim(c.engine, "srv1", WHO)[0])
     assert len(report) >= 8
+
+
+@pytest.mark.timeout(900)
+def test_restart_check_survives_a_kill_at_every_step(fault_cluster):
+    c, fp = fault_cluster(servers=1, bcs=1, clients=1, objects=3000, up=False)
+    # The failover gives dead cl1 this long to take each of its steps.
+    c.amend_domain(control={"step_expires": 3.0})
+    c.up()
+    c.backup()
+    # srv1 dies and is failed over while cl1 is down too: cl1 comes back with srv1's
+    # tables and designation, so its restart-check must fetch bcs1's tables, re-point,
+    # re-designate and start COSprint.
+    c.local.kill("cl1")
+    c.local.kill("srv1")
+    req = FailoverRequest(server="srv1", to="bcs1")
+    assert c.wait(start_failover(c.engine, req, "setup").run_id)["state"] == L.SUCCEEDED
+    h = FaultHarness(c, fp)  # its pristine state: cl1 stale, its COSprint down
+    # cl1's worker back, whose own start-up check re-points it; each reset puts the
+    # stale home back under the running worker.
+    h.revive_worker("cl1")
+    h.reset()
+    stale = h.fingerprint()["cl1"]
+    assert (stale["designation"], stale["cosprint"]) == ("srv1@1", None), stale
+
+    report = survive_every_kill(c, h, lambda: start_restart_check(c.engine, "cl1", WHO, "") or "")
+    assert len(report) >= 5
+    end = h.fingerprint()  # the last kill point's, equal to the undisturbed run's
+    assert end["cl1"]["rows"] == end["bcs1"]["rows"] != stale["rows"]
+    assert end["cl1"]["cosprint"] == ("slave", "bcs1", 2)
+    assert end["cl1"]["designation"] == end["cl1"]["last_running"] == "bcs1@2"
