@@ -20,8 +20,17 @@ test: $(STAMP)
 	$(BIN)/ruff check .
 	$(BIN)/pytest
 
-bench: $(STAMP)
-	$(BIN)/python bench/backup.py
+# Every measure of the speed issue: tables, bench/results/*.json and rto.png
+# (`make bench BENCH_ARGS=--quick` for a smoke run). matplotlib draws the plot.
+BENCH_STAMP := $(VENV)/.bench-installed
+BENCH_ARGS ?=
+
+$(BENCH_STAMP): $(STAMP)
+	$(BIN)/pip install -q -e '.[bench]'
+	touch $(BENCH_STAMP)
+
+bench: $(BENCH_STAMP)
+	$(BIN)/python -m bench $(BENCH_ARGS)
 
 clean:
 	rm -rf $(VENV) tests/artifacts

@@ -1,1 +1,1 @@
-"""Benchmarks (`python bench/backup.py`): measured, never asserted in tests."""
+"""Benchmarks (`make bench`, i.e. `python -m bench`): measured, never asserted in tests."""

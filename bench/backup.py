@@ -1,13 +1,14 @@
-"""Backup benchmark (not a test): `.venv/bin/python bench/backup.py`.
+"""Backup benchmark (not a test): `.venv/bin/python -m bench.backup`.
 
 For each domain size (10k and 100k objects by default), on a real domain (a redis-server
 of its own on a free port, one real worker and one real COSprint per node, as the test
 fixture runs them), side by side:
 
 - **cosfail**: one backup run, end to end: from `start_backup` (the trigger) to the run
-  recorded `succeeded` in the ledger (export on the master → ship to the BCS → verify:
-  sha256 + trial restore → catalogue → prune → release the lock). The end is the run's
-  own `finished_at` as the ledger records it, so polling does not blur it.
+  recorded `succeeded` in the ledger (export on the master → ship to the BCS → verify in
+  place: sha256, header, row counts, then prune past retention → catalogue → release
+  the lock). The end is the run's own `finished_at` as the ledger records it, so
+  polling does not blur it.
 - **baseline**: `sqlite3 SRC ".backup DEST"` + `cp DEST AREA/` + `sha256sum AREA/…` of the
   same master database, three real processes in sequence.
 
@@ -31,13 +32,8 @@ The node workers of the bench domain are `python -m bench.backup --serve NODE`: 
 from __future__ import annotations
 
 import argparse
-import json
 import os
-import platform
 import shutil
-import signal
-import socket
-import statistics
 import subprocess
 import sys
 import tempfile
@@ -48,17 +44,26 @@ from typing import Any
 
 from celery import chain
 
-from cosprint.demo import init_demo
-from cosprint.domain import Domain, load_domain
-from workers.app import app, configure, node_queue
-from workers.local import LocalDomain
+from bench.common import (
+    BenchFailed,
+    RunningDomain,
+    machine_line,
+    median,
+    ms,
+    run_header,
+    write_json,
+)
+from cosprint.domain import load_domain
+from workers.app import app, node_queue
+from workers.local import LocalDomain, LoopbackRedis
 from workers.step import Here, step
-from workflows import ledger as L
-from workflows.engine import Do, Engine
+from workflows.engine import Do
 from workflows.state import current_state
 
 REPO = Path(__file__).resolve().parent.parent
 RESULTS = REPO / "bench" / "results" / "backup.json"
+SIZES = [10_000, 100_000]
+REPEATS = 15  # backups of each size, and chains of the step hop
 CHAIN_STEPS = 20
 TARGET_RATIO = 2.0
 TARGET_HOP_MS = 5.0
@@ -85,45 +90,7 @@ def raw_noop(i: int, marker: str | None = None) -> int:
 
 
 # ----- the domain under test ---------------------------------------------------------------
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-class Redis:
-    """A redis-server of the bench's own on a free loopback port."""
-
-    def __init__(self, workdir: Path) -> None:
-        self.port = free_port()
-        binary = shutil.which("redis-server")
-        if not binary:
-            sys.exit("bench: redis-server is not installed")
-        self.proc = subprocess.Popen(  # noqa: S603
-            [binary, "--port", str(self.port), "--bind", "127.0.0.1", "--save", "",
-             "--appendonly", "no", "--dir", str(workdir)],
-            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-        deadline = time.time() + 10
-        while time.time() < deadline:
-            try:
-                with socket.create_connection(("127.0.0.1", self.port), timeout=0.2) as s:
-                    s.sendall(b"PING\r\n")
-                    if s.recv(16).startswith(b"+PONG"):
-                        return
-            except OSError:
-                time.sleep(0.05)
-        sys.exit("bench: redis-server did not start")
-
-    @property
-    def url(self) -> str:
-        return f"redis://127.0.0.1:{self.port}/0"
-
-    def stop(self) -> None:
-        self.proc.send_signal(signal.SIGKILL)
-        self.proc.wait()
-
-
-class BenchDomain(LocalDomain):
+class BenchWorkers(LocalDomain):
     """LocalDomain whose node workers also know the bench's empty steps."""
 
     def start_worker(self, node: str | None):  # type: ignore[no-untyped-def]
@@ -135,54 +102,13 @@ class BenchDomain(LocalDomain):
         return self._spawn(f"worker:{node}", argv, env={"PYTHONPATH": path})
 
 
-class Cluster:
-    def __init__(self, base: Path, objects: int, broker: str) -> None:
-        path = init_demo(base, servers=1, bcs=1, clients=0, objects=objects, broker=broker)
-        self.domain: Domain = load_domain(path)
-        configure(self.domain)
-        self.engine = Engine(self.domain)
-        current_state(self.engine)
-        self.local = BenchDomain(self.domain)
-
-    def __enter__(self) -> Cluster:
-        self.local.up(with_services=False)
-        self.quiet()
-        return self
-
-    def __exit__(self, *_exc: object) -> None:
-        self.local.down()
-
-    def quiet(self, timeout: float = 60.0) -> None:
-        """Wait until no run is in progress (workers run a start-up check when they start)."""
-        deadline = time.time() + timeout
-        while time.time() < deadline:
-            if all(r["state"] not in (L.PLANNED, L.RUNNING) for r in self.engine.ledger.runs(50)):
-                return
-            time.sleep(0.05)
-        sys.exit("bench: the domain did not settle (a run stays in progress)")
-
-    def finish(self, run_id: str, timeout: float = 120.0) -> dict[str, Any]:
-        deadline = time.time() + timeout
-        while time.time() < deadline:
-            run = self.engine.ledger.run(run_id)
-            if run["state"] not in (L.PLANNED, L.RUNNING):
-                if run["state"] != L.SUCCEEDED:
-                    sys.exit(f"bench: run {run_id} {run['state']}: {run['error']}")
-                return run
-            time.sleep(0.002)
-        sys.exit(f"bench: run {run_id} did not finish within {timeout:g} s")
+def cluster(base: Path, objects: int, broker: str) -> RunningDomain:
+    """srv1 and bcs1, whose workers know the bench's empty steps."""
+    return RunningDomain(base, objects, broker, local=BenchWorkers)
 
 
 # ----- measures ----------------------------------------------------------------------------
-def ms(seconds: float) -> float:
-    return round(seconds * 1000, 2)
-
-
-def median(xs: list[float]) -> float:
-    return round(statistics.median(xs), 2)
-
-
-def cosfail_backup(c: Cluster) -> dict[str, Any]:
+def cosfail_backup(c: RunningDomain) -> dict[str, Any]:
     """One backup run, trigger to `succeeded`; with where its time went, from the ledger."""
     from workflows.backup import start_backup
 
@@ -198,7 +124,7 @@ def cosfail_backup(c: Cluster) -> dict[str, Any]:
         return sum(s.finished_at - s.started_at for s in rows)
 
     work = {n: ms(span(n)) for n in ("export_tables", "ship_snapshot", "verify_snapshot",
-                                     "record_backup", "prune_backups", "release_lock")}
+                                     "record_backup", "release_lock")}
     verify_end = max(s.finished_at for s in members if s.name == "verify_snapshot")
     return {
         "total_ms": ms(run["finished_at"] - t0),
@@ -209,7 +135,7 @@ def cosfail_backup(c: Cluster) -> dict[str, Any]:
     }
 
 
-def baseline(c: Cluster, scratch: Path) -> dict[str, float]:
+def baseline(c: RunningDomain, scratch: Path) -> dict[str, float]:
     """sqlite3 .backup + cp + sha256sum of the master's database, real processes."""
     src = c.domain.tables_url("srv1").removeprefix("sqlite:///")
     dest = scratch / "baseline.db"
@@ -229,7 +155,7 @@ def baseline(c: Cluster, scratch: Path) -> dict[str, float]:
             "sha256sum_ms": ms(t3 - t2)}
 
 
-def engine_chain(c: Cluster) -> dict[str, Any]:
+def engine_chain(c: RunningDomain) -> dict[str, Any]:
     """20 empty steps alternating srv1 / bcs1, run by the engine; hops from the ledger."""
     nodes = ("srv1", "bcs1")
     state = current_state(c.engine)
@@ -246,7 +172,7 @@ def engine_chain(c: Cluster) -> dict[str, Any]:
             "per_step_ms": ms((run["finished_at"] - t0) / CHAIN_STEPS)}
 
 
-def raw_chain(c: Cluster, scratch: Path) -> dict[str, Any]:
+def raw_chain(c: RunningDomain, scratch: Path) -> dict[str, Any]:
     """The same chain of a plain Celery task, no ledger: Celery's own floor."""
     marker = scratch / "raw.done"
     marker.unlink(missing_ok=True)
@@ -258,7 +184,7 @@ def raw_chain(c: Cluster, scratch: Path) -> dict[str, Any]:
     deadline = time.time() + 60
     while not marker.exists():
         if time.time() > deadline:
-            sys.exit("bench: the plain Celery chain did not finish")
+            raise BenchFailed("the plain Celery chain did not finish")
         time.sleep(0.001)
     while not marker.read_text():
         time.sleep(0.001)
@@ -266,19 +192,19 @@ def raw_chain(c: Cluster, scratch: Path) -> dict[str, Any]:
 
 
 # ----- the run -----------------------------------------------------------------------------
-def bench(sizes: list[int], repeats: int, chains: int, keep: bool,
+def bench(redis: LoopbackRedis, sizes: list[int], repeats: int, chains: int, keep: bool,
           workdir: str | None = None) -> dict[str, Any]:
+    """`redis` is the broker of every domain (one per process: Celery's producer pool
+    keeps the first broker it was given)."""
     work = Path(tempfile.mkdtemp(prefix="cosfail-bench-", dir=workdir))
-    redis = Redis(work)
     results: dict[str, Any] = {
-        "when": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "machine": platform.platform(),
-        "cpus": os.cpu_count(), "python": platform.python_version(), "repeats": repeats,
-        "sizes": {}, "targets": {"ratio": TARGET_RATIO, "hop_ms": TARGET_HOP_MS},
-        "loadavg_start": os.getloadavg(), "workdir": str(work),
+        **run_header(repeats), "sizes": {},
+        "targets": {"ratio": TARGET_RATIO, "hop_ms": TARGET_HOP_MS}, "workdir": str(work),
     }
     try:
         for n, objects in enumerate(sizes):
-            with Cluster(work / f"dom{objects}", objects, redis.url) as c:
+            redis.flush()  # nothing of an earlier domain's queues reaches this one
+            with cluster(work / f"dom{objects}", objects, redis.url) as c:
                 print(f"[{objects} objects] domain up; backups …", file=sys.stderr)
                 cosfail_backup(c)  # warm-up: first imports, first connections
                 baseline(c, work)
@@ -332,13 +258,12 @@ def bench(sizes: list[int], repeats: int, chains: int, keep: bool,
                     }
         results["loadavg_end"] = os.getloadavg()
     finally:
-        redis.stop()
         if not keep:
             shutil.rmtree(work, ignore_errors=True)
     return results
 
 
-def report(results: dict[str, Any]) -> None:
+def report(results: dict[str, Any], out: Path = RESULTS) -> None:
     from rich.console import Console
     from rich.table import Table
 
@@ -380,17 +305,15 @@ def report(results: dict[str, Any]) -> None:
                    f"{h['celery_per_step_ms']:.2f} ({h['celery_best_per_step_ms']:.2f})",
                    f"[{'green' if ok else 'red'}]≤ {TARGET_HOP_MS:g}[/]")
         con.print(ht)
-    load = ", ".join(f"{a:.1f}/{b:.1f}" for a, b in zip(results["loadavg_start"],
-                                                         results["loadavg_end"], strict=True))
-    con.print(f"{results['cpus']} CPUs; load average 1/5/15 min (start/end): {load}")
-    con.print(f"written to {RESULTS.relative_to(REPO)}")
+    con.print(machine_line(results))
+    con.print(f"written to {out}")
 
 
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--sizes", type=int, nargs="+", default=[10_000, 100_000])
-    p.add_argument("--repeats", type=int, default=15)
-    p.add_argument("--chains", type=int, default=15)
+    p.add_argument("--sizes", type=int, nargs="+", default=SIZES)
+    p.add_argument("--repeats", type=int, default=REPEATS)
+    p.add_argument("--chains", type=int, default=REPEATS)
     p.add_argument("--keep", action="store_true", help="keep the bench's domains")
     p.add_argument("--workdir", help="where the domains, ledger and snapshots live "
                    "(default: the system's temporary directory)")
@@ -402,9 +325,13 @@ def main() -> None:
 
         run_worker(load_domain(args.domain), args.serve)
         return
-    results = bench(args.sizes, args.repeats, args.chains, args.keep, args.workdir)
-    RESULTS.parent.mkdir(parents=True, exist_ok=True)
-    RESULTS.write_text(json.dumps(results, indent=1) + "\n")
+    with LoopbackRedis(Path(tempfile.gettempdir())) as redis:
+        try:
+            results = bench(redis, args.sizes, args.repeats, args.chains, args.keep,
+                            args.workdir)
+        except BenchFailed as exc:
+            sys.exit(f"bench: {exc}")
+    write_json(RESULTS, results)
     report(results)
 
 

