@@ -40,10 +40,13 @@ def _check_node(eng: Engine, node: str) -> None:
     from workflows.restart_check import start_restart_check
 
     # worker_ready comes just before the consumer takes messages: wait until this worker
-    # answers its own probe, which reclaim's plan needs.
-    for _ in range(60):
-        if probe_all(eng.domain, [node], timeout=0.5)[node].worker:
+    # answers its own probe, which reclaim's plan needs. Each probe is waited on for the
+    # full probe timeout: a BCS answers slowly with large snapshots to re-check, and
+    # sending a new probe every half second piled dozens on it.
+    for _ in range(10):
+        if probe_all(eng.domain, [node])[node].worker:
             break
+        time.sleep(0.5)
     # A hosting change in flight owns every node's designation and COSprint: checking now
     # would act on half-changed state. It re-points this node itself, or its end (or
     # lease) lets this check run on the state it left.

@@ -12,6 +12,7 @@ import os
 from collections.abc import Callable
 
 import pytest
+from conftest import ARTIFACTS
 from faults.harness import FaultHarness, KillPoint
 
 from workflows import ledger as L
@@ -59,6 +60,10 @@ def survive_every_kill(c, h: FaultHarness, trigger: Callable[[], str]) -> list[s
         if not ok:
             diff = {k: (expected[k], got.get(k)) for k in expected if expected[k] != got.get(k)}
             failures.append(f"{kp}: {diff} runs={[r['state'] for r in runs]}")
+    # Kept for the closing figures of a CI run (tests/artifacts is not committed).
+    workflow = c.ledger.run(baseline_run)["workflow"]
+    ARTIFACTS.mkdir(parents=True, exist_ok=True)
+    (ARTIFACTS / f"kill-matrix-{workflow}.txt").write_text("\n".join(report) + "\n")
     assert not failures, "\n".join(failures)
     return report
 
