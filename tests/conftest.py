@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import signal
 import socket
 import subprocess
@@ -130,16 +131,20 @@ class Cluster:
         return False
 
     def amend_domain(self, control: dict[str, object] | None = None, append: str = "") -> None:
-        """Edit domain.toml: set `[control]` keys, append TOML text (a `[hooks]` table,
-        say), and reload it here. Processes started afterwards (workers, CLI) read the
-        new file; to change what workers see, make the cluster with up=False first."""
+        """Edit domain.toml: set `[control]` keys (replacing a value the file has),
+        append TOML text (a `[hooks]` table, say), and reload it here. Processes started
+        afterwards (workers, CLI) read the new file; to change what workers see, make
+        the cluster with up=False first."""
         path = self.domain.path
-        text = path.read_text()
-        if control:
-            lines = "".join(f"{k} = {json.dumps(v)}\n" for k, v in control.items())
-            assert text.count("[control]\n") == 1, text
-            text = text.replace("[control]\n", "[control]\n" + lines)
-        path.write_text(text + append)
+        head, sep, rest = path.read_text().partition("[control]\n")
+        assert sep and "[control]\n" not in rest, "domain.toml needs one [control] table"
+        table, nxt, after = rest.partition("\n[")
+        for k, v in (control or {}).items():
+            line = f"{k} = {json.dumps(v)}"
+            table, found = re.subn(rf"^{re.escape(k)} = .*$", line, table, flags=re.M)
+            if not found:
+                table = f"{line}\n{table}"
+        path.write_text(head + sep + table + nxt + after + append)
         self.domain = load_domain(path)
         self.local = LocalDomain(self.domain)
         configure(self.domain)

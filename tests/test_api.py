@@ -2,12 +2,9 @@
 
 from __future__ import annotations
 
-import time
-
 import httpx
 import pytest
 
-from api.app import read_token
 from cosprint.designation import Designation
 
 
@@ -17,17 +14,7 @@ def api(make_cluster):  # type: ignore[no-untyped-def]
 
     def start(**kw):  # type: ignore[no-untyped-def]
         c = make_cluster(**kw)
-        comp = c.local.start_api()
-        client = httpx.Client(base_url=comp.url, timeout=30,
-                              headers={"Authorization": f"Bearer {read_token(c.domain)}"})
-        deadline = time.time() + 20
-        while time.time() < deadline:
-            try:
-                if client.get("/healthz").status_code == 200:
-                    break
-            except httpx.TransportError:
-                time.sleep(0.1)
-        return c, client
+        return c, c.start_api()
 
     return start
 

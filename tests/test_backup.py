@@ -153,9 +153,8 @@ def test_a_snapshot_corrupted_in_transit_fails_verify_and_the_verified_one_stays
 # ----- retention --------------------------------------------------------------------------
 def test_verify_prunes_past_retention_and_keeps_the_newest_verified(make_cluster):
     c = make_cluster(servers=1, bcs=2, clients=0, objects=500, up=False)
-    text = c.domain.path.read_text()
-    assert "retention = 5" in text
-    c.domain.path.write_text(text.replace("retention = 5", "retention = 2"))
+    c.amend_domain(control={"retention": 2})
+    assert c.domain.control.retention == 2
     c.up()
     runs = [backup_ok(c) for _ in range(3)]
     files = [snapshot_file(c, r) for r in runs]
@@ -173,9 +172,8 @@ def test_verify_prunes_past_retention_and_keeps_the_newest_verified(make_cluster
 # ----- beat -------------------------------------------------------------------------------
 def test_beat_every_second_backs_up_never_two_at_once_and_records_skips(make_cluster):
     c = make_cluster(servers=1, bcs=1, clients=0, objects=1000, up=False)
-    text = c.domain.path.read_text()
-    assert "backup_interval = 300.0" in text
-    c.domain.path.write_text(text.replace("backup_interval = 300.0", "backup_interval = 1.0"))
+    c.amend_domain(control={"backup_interval": 1.0})
+    assert c.domain.control.backup_interval == 1.0
     c.up()
     beat = c.local.start_beat()
     pid = c.worker_pid("bcs1")
