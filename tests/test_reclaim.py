@@ -18,6 +18,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
+import pytest
 from sqlalchemy import Connection, select, update
 
 from cosprint import designation, tables
@@ -25,9 +26,9 @@ from cosprint import snapshot as snap
 from cosprint.errors import DriverError, SnapshotError
 from workers.local import pid_alive
 from workflows import ledger as L
-from workflows.failover import start_failover
+from workflows.failover import Refused, planning, start_failover
 from workflows.plan import FailoverRequest
-from workflows.reclaim import start_reclaim
+from workflows.reclaim import plan_reclaim_now, start_reclaim
 from workflows.status import reclaim_needed
 
 
@@ -337,6 +338,22 @@ def test_switchover_prints_every_job_once_and_keeps_every_row_changed_before_it(
 
 
 # ----- refusals, and auto reclaim turned off ------------------------------------------------
+def test_a_refusal_that_follows_a_hosting_change_recorded_since_the_lock_check_names_it(
+        make_cluster):
+    """A trigger that found the domain free, then planned against a state another
+    change had meanwhile moved on (a reclaim that already re-designated srv1), is told
+    who changed it (409 naming that run), not "srv1 is not stale"; a refusal with no
+    change since stays a refusal, with its reason."""
+    c = make_cluster(servers=1, bcs=1, clients=1, objects=50, up=False)
+    with pytest.raises(Refused, match="^srv1 is the master"), planning(c.engine):
+        plan_reclaim_now(c.engine, "srv1")
+    with pytest.raises(L.LockHeld) as held, planning(c.engine):
+        other = c.ledger.create_run("reclaim", {"server": "srv1"}, "other", "", [])
+        plan_reclaim_now(c.engine, "srv1")
+    assert held.value.holder == other
+    assert other in str(held.value)
+
+
 def test_refusals_change_nothing_and_without_auto_reclaim_srv1_waits_for_the_operator(
         make_cluster):
     """Refused reclaims and failbacks exit 2 with one line and change nothing (ledger,

@@ -153,8 +153,8 @@ def hosting_moves(eng: Engine) -> list[tuple[int, str, str]]:
 
 def start_failover(eng: Engine, req: FailoverRequest, who: str, why: str = "",
                    dry_run: bool = False) -> Started:
-    since = unlocked(eng)
-    plan = plan_now(eng, req)
+    with planning(eng) as since:
+        plan = plan_now(eng, req)
     if dry_run:
         return Started(None, plan)
     run_id = L.new_run_id()
@@ -176,14 +176,33 @@ def start_failover(eng: Engine, req: FailoverRequest, who: str, why: str = "",
 HOSTING_WORKFLOWS = (*HOSTING_MOVES, "reclaim")
 
 
-def unlocked(eng: Engine) -> float:
-    """Refuse at once while a hosting change holds the domain; else the time from which
-    the trigger's plan reads the domain (see `hosting_change`)."""
+@contextmanager
+def planning(eng: Engine) -> Iterator[float]:
+    """Refuse at once while a hosting change holds the domain; else yield the time from
+    which the trigger's plan reads the domain (see `hosting_change`). A plan refused
+    because a hosting change recorded meanwhile moved the domain on (a reclaim that
+    already re-designated its server, say) is refused naming that change: the
+    operator is told who changed the domain, not a verdict on a state in flux."""
     since = time.time()
     holder = eng.ledger.holder(L.HOSTING_LOCK)
     if holder:
         raise L.LockHeld(L.HOSTING_LOCK, holder)
-    return since
+    try:
+        yield since
+    except Refused:
+        changed = changed_since(eng, since)
+        if changed:
+            raise L.LockHeld(L.HOSTING_LOCK, changed) from None
+        raise
+
+
+def changed_since(eng: Engine, since: float) -> str | None:
+    """The newest hosting change recorded at or after `since`, if any."""
+    for workflow in HOSTING_WORKFLOWS:
+        newest = eng.ledger.runs(limit=1, workflow=workflow)
+        if newest and newest[0]["created_at"] >= since:
+            return str(newest[0]["id"])
+    return None
 
 
 @contextmanager
@@ -194,10 +213,9 @@ def hosting_change(eng: Engine, run_id: str, who: str, since: float) -> Iterator
     refused naming that run, as if it had come while that run held the lock. Checked
     before taking the lock, so that a holder another trigger is told of is one the
     ledger will show; a whole run cannot fit between the check and the take."""
-    for workflow in HOSTING_WORKFLOWS:
-        newest = eng.ledger.runs(limit=1, workflow=workflow)
-        if newest and newest[0]["created_at"] >= since:
-            raise L.LockHeld(L.HOSTING_LOCK, newest[0]["id"])
+    changed = changed_since(eng, since)
+    if changed:
+        raise L.LockHeld(L.HOSTING_LOCK, changed)
     eng.ledger.acquire(L.HOSTING_LOCK, run_id, who, eng.domain.control.lock_lease)
     try:
         yield

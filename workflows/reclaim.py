@@ -29,7 +29,7 @@ from workers.steps import (
 from workflows import ledger as L
 from workflows.control import LockInput, VerifyFailover, release_lock, take_lock, verify_failover
 from workflows.engine import Do, Engine, Stage
-from workflows.failover import Refused, hosting_change, tables_file, unlocked
+from workflows.failover import Refused, hosting_change, planning, tables_file
 from workflows.liveness import probe_all
 from workflows.plan import ReclaimPlan, plan_reclaim
 from workflows.state import current_state
@@ -67,8 +67,8 @@ def plan_reclaim_now(eng: Engine, server: str) -> ReclaimPlan:
 
 def start_reclaim(eng: Engine, server: str, who: str, why: str = "",
                   dry_run: bool = False) -> tuple[str | None, ReclaimPlan]:
-    since = unlocked(eng)
-    plan = plan_reclaim_now(eng, server)
+    with planning(eng) as since:
+        plan = plan_reclaim_now(eng, server)
     if dry_run:
         return None, plan
     run_id = L.new_run_id()

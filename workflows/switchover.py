@@ -25,7 +25,7 @@ from workflows import ledger as L
 from workflows.backup import snapshot_name
 from workflows.control import LockInput, release_lock, take_lock
 from workflows.engine import Do, Engine, Stage
-from workflows.failover import Refused, hosting_change, move_hosting, tables_file, unlocked
+from workflows.failover import Refused, hosting_change, move_hosting, planning, tables_file
 from workflows.liveness import probe_all
 from workflows.plan import FailoverPlan, ReclaimPlan, plan_failback, plan_switchover
 from workflows.reclaim import reclaim_stages
@@ -58,10 +58,14 @@ def planned_move_stages(eng: Engine, plan: FailoverPlan, run_id: str) -> list[St
     return stages
 
 
-def _start(eng: Engine, workflow: str, plan: FailoverPlan | str, who: str, why: str,
-           dry_run: bool, since: float) -> tuple[str | None, FailoverPlan]:
+def accepted(plan: FailoverPlan | str) -> FailoverPlan:
     if isinstance(plan, str):
         raise Refused(plan)
+    return plan
+
+
+def _start(eng: Engine, workflow: str, plan: FailoverPlan, who: str, why: str,
+           dry_run: bool, since: float) -> tuple[str | None, FailoverPlan]:
     if dry_run:
         return None, plan
     run_id = L.new_run_id()
@@ -74,8 +78,9 @@ def _start(eng: Engine, workflow: str, plan: FailoverPlan | str, who: str, why: 
 
 def start_switchover(eng: Engine, server: str, to: str, who: str, why: str = "",
                      dry_run: bool = False) -> tuple[str | None, FailoverPlan]:
-    since = unlocked(eng)
-    plan = plan_switchover(eng.domain, current_state(eng), probe_all(eng.domain), server, to)
+    with planning(eng) as since:
+        plan = accepted(plan_switchover(eng.domain, current_state(eng), probe_all(eng.domain),
+                                        server, to))
     return _start(eng, "switchover", plan, who, why, dry_run, since)
 
 
@@ -94,7 +99,7 @@ def took_over(eng: Engine, server: str) -> str | None:
 
 def start_failback(eng: Engine, server: str, who: str, why: str = "",
                    dry_run: bool = False) -> tuple[str | None, FailoverPlan]:
-    since = unlocked(eng)
-    plan = plan_failback(eng.domain, current_state(eng), probe_all(eng.domain), server,
-                         took_over(eng, server), reclaim_needed(eng))
+    with planning(eng) as since:
+        plan = accepted(plan_failback(eng.domain, current_state(eng), probe_all(eng.domain),
+                                      server, took_over(eng, server), reclaim_needed(eng)))
     return _start(eng, "failback", plan, who, why, dry_run, since)
