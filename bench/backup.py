@@ -124,7 +124,7 @@ def cosfail_backup(c: RunningDomain) -> dict[str, Any]:
         return sum(s.finished_at - s.started_at for s in rows)
 
     work = {n: ms(span(n)) for n in ("export_tables", "ship_snapshot", "verify_snapshot",
-                                     "record_backup", "release_lock")}
+                                     "record_backup")}
     verify_end = max(s.finished_at for s in members if s.name == "verify_snapshot")
     return {
         "total_ms": ms(run["finished_at"] - t0),

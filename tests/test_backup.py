@@ -105,7 +105,8 @@ def test_backup_wait_json_prints_one_json_document_with_the_steps(make_cluster):
     assert c.ledger.run(doc["id"])["state"] == "succeeded"
     names = {(s["name"], s["node"]) for s in doc["steps"]}
     assert {("export_tables", "srv1"), ("ship_snapshot", "bcs1"),
-            ("verify_snapshot", "bcs1"), ("release_lock", "")} <= names
+            ("verify_snapshot", "bcs1"), ("record_backup", "")} <= names
+    assert c.ledger.holder("backup") is None  # freed as the run ended
     for s in doc["steps"]:
         assert s["state"] == "succeeded" and s["attempt"] == 1, s
         assert s["started_at"] <= s["finished_at"] and s["outcome"], s
@@ -167,6 +168,8 @@ def test_verify_prunes_past_retention_and_keeps_the_newest_verified(make_cluster
         assert verify.facts["pruned"] == [files[0]], verify.facts
         assert "pruned 1 older snapshot" in verify.outcome, verify.outcome
         assert step_of(c, runs[1], "verify_snapshot", bcs).facts["pruned"] == []
+        # the catalog lists what is on disk, no more
+        assert sorted(r["file"] for r in c.ledger.catalog(bcs)) == sorted(files[1:]), bcs
 
 
 # ----- beat -------------------------------------------------------------------------------

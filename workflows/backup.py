@@ -2,9 +2,11 @@
 
 export on the master (SQLite's checks, then sha256) → ship to each BCS → verify on each
 BCS in place (sha256, header, row counts), then prune past retention there → record in
-the catalog. Backups never overlap, nor start during a hosting change (whose new epoch
-would make their nodes refuse them): a trigger while either runs is recorded as
-skipped, with the holder's run id.
+the catalog. The journal frees the backup lock in the transaction that records the
+run's end: a last step only to release it would be one more hop for nothing. Backups
+never overlap, nor start during a hosting change (whose new epoch would make their
+nodes refuse them): a trigger while either runs is recorded as skipped, with the
+holder's run id.
 """
 
 from __future__ import annotations
@@ -22,7 +24,7 @@ from workers.steps import (
     verify_snapshot,
 )
 from workflows import ledger as L
-from workflows.control import LockInput, RecordBackup, record_backup, release_lock
+from workflows.control import RecordBackup, record_backup
 from workflows.engine import Do, Each, Engine, Stage, engine
 from workflows.state import current_state
 
@@ -42,7 +44,6 @@ def backup_stages(domain: Domain, master: str, epoch: int, run_id: str) -> list[
         Each(ship_snapshot, {b: ShipSnapshot(file=file, source=master) for b in bcss}),
         Each(verify_snapshot, {b: VerifySnapshot(file=file) for b in bcss}),
         Do(record_backup, RecordBackup(run_id=run_id, verify_idx=2)),
-        Do(release_lock, LockInput(run_id=run_id, lock=L.BACKUP_LOCK)),
     ]
 
 

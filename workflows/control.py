@@ -49,7 +49,8 @@ class RecordBackup:
 
 @step("control.record_backup", RecordBackup)
 def record_backup(here: Here, arg: RecordBackup) -> str:
-    """Enter each BCS's verified snapshot in the catalog, from its verify step's facts."""
+    """Enter each BCS's verified snapshot in the catalog, and strike off those its verify
+    step pruned, from that step's facts."""
     led = engine().ledger
     recorded = []
     for s in led.steps(arg.run_id):
@@ -61,6 +62,7 @@ def record_backup(here: Here, arg: RecordBackup) -> str:
             verified_at=s.facts["verified_at"], rows=sum(m["tables"].values()),
             sha256=m["sha256"], run_id=arg.run_id, pruned=False,
         )
+        led.mark_pruned(s.node, s.facts.get("pruned", []))
         recorded.append(s.node)
     return f"catalogued the verified snapshot on {', '.join(sorted(recorded))}"
 
