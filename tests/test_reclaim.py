@@ -344,7 +344,7 @@ def test_a_refusal_that_follows_a_hosting_change_recorded_since_the_lock_check_n
     change had meanwhile moved on (a reclaim that already re-designated srv1), is told
     who changed it (409 naming that run), not "srv1 is not stale"; a refusal with no
     change since stays a refusal, with its reason."""
-    c = make_cluster(servers=1, bcs=1, clients=1, objects=50, up=False)
+    c = make_cluster(servers=1, bcs=1, clients=0, objects=50)
     with pytest.raises(Refused, match="^srv1 is the master"), planning(c.engine):
         plan_reclaim_now(c.engine, "srv1")
     with pytest.raises(L.LockHeld) as held, planning(c.engine):
