@@ -315,6 +315,41 @@ def test_restore_killed_mid_step_is_resumed_to_the_end_state_of_an_undisturbed_f
 
 
 # ----- restart-check ------------------------------------------------------------------------------
+def test_a_client_whose_worker_dies_mid_step_and_stays_away_is_skipped_not_waited_on(
+        fault_cluster):
+    """cl1's worker is SIGKILLed as it begins stopping COSprint in a failover and does not
+    come back. The failover does not wait out the lock lease (600 s): once cl1's worker
+    has held no broker connection for `step_expires`, cl1 is skipped, saying why, and the
+    failover ends with every other node on the new master. When cl1's worker returns,
+    its restart-check re-points it."""
+    c, failpoints = fault_cluster(servers=1, bcs=1, clients=2, objects=2000, up=False)
+    c.amend_domain(control={"auto_reclaim": False, "step_expires": 3.0})
+    c.up()
+    c.settle()
+    c.backup()
+    c.local.kill("srv1")
+    pid = c.worker_pid("cl1")
+    failpoints.write_text("stop_cosprint@cl1:before\n")
+    started = start_failover(c.engine, FailoverRequest(server="srv1", to="bcs1"), "test")
+    assert "cl1" in started.plan.stop
+    run = c.wait(started.run_id)
+    assert run["state"] == "succeeded", run["error"]
+    assert not pid_alive(pid)
+    (stop,) = [s for s in steps_named(c, started.run_id, "stop_cosprint") if s.node == "cl1"]
+    assert stop.state == "skipped", stop
+    assert stop.error == ("the worker of cl1 left while running the step and was not back "
+                          "within 3 s")
+    assert c.authority() == Designation("bcs1", 2)
+    assert points_at(c, "cl2") == ("slave", "bcs1", 2)
+    assert points_at(c, "bcs1") == ("master", "bcs1", 2)
+    (verify,) = steps_named(c, started.run_id, "verify")
+    assert "; left out, skipped earlier in this run: cl1 (" in verify.outcome, verify.outcome
+
+    c.restart_worker("cl1")
+    poll(lambda: points_at(c, "cl1") == ("slave", "bcs1", 2), why="cl1 re-pointed")
+    assert c.digest("cl1") == c.digest("bcs1")
+
+
 def test_restart_check_repoints_a_returning_client_and_leaves_the_failed_server_stopped(
         make_cluster):
     c = make_cluster(servers=1, bcs=1, clients=2, objects=2000, up=False)

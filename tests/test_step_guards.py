@@ -12,7 +12,7 @@ from cosprint.designation import Designation
 from workers.app import app
 from workers.steps import WriteDesignation, write_designation
 from workflows import ledger as L
-from workflows.engine import Do
+from workflows.engine import Do, absences, overdue
 
 TARGET = Designation("bcs1", 9)  # what cl1's designation would become if a step acted
 
@@ -73,3 +73,20 @@ def test_a_step_that_reached_another_nodes_worker_is_refused_and_does_not_act(ma
     assert run["state"] == L.FAILED, run
     assert "for node 'cl1' reached the worker of 'srv1'" in run["error"], run
     assert c.driver("cl1").read_designation() == before
+
+
+def test_a_fan_out_stops_waiting_for_a_member_queued_or_orphaned_past_expiry_or_hung_past_lease():
+    """The fan-out's decision, over data: who is overdue, and why, at a given instant."""
+    waiting = {"cl1": L.QUEUED, "cl2": L.RUNNING, "cl3": L.RUNNING, "cl4": L.RUNNING}
+    # cl2's worker has no broker connection; cl3's and cl4's have.
+    absent = absences(waiting, {"cl3", "cl4", "control"}, {}, now=100.0)
+    assert absent == {"cl2": 100.0}
+    assert absences(waiting, {"cl3", "cl4"}, absent, now=101.0) == absent  # since then
+    assert absences(waiting, None, absent, now=101.0) == {}  # the broker cannot say
+    assert overdue(waiting, absent, start=99.0, now=101.0, expires=5, lease=600) == {}
+    assert overdue(waiting, absent, start=99.0, now=105.5, expires=5, lease=600) == {
+        "cl1": "no worker of cl1 took the step within 5 s",
+        "cl2": "the worker of cl2 left while running the step and was not back within 5 s"}
+    late = overdue(waiting, absent, start=99.0, now=700.0, expires=5, lease=600)
+    assert set(late) == set(waiting)
+    assert late["cl4"] == "the step ran on cl4 past the lock lease (600 s)"

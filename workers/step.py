@@ -103,10 +103,12 @@ def journal() -> Journal:
 
 @dataclass(frozen=True)
 class Here:
-    """Where a node step runs: the domain, this node and its COSprint driver."""
+    """Where a node step runs: the domain, this node and its COSprint driver, and the run
+    it is a step of."""
 
     domain: Domain
     node: str
+    run_id: str = ""
 
     @property
     def driver(self) -> Driver:
@@ -178,7 +180,7 @@ def _run_step(self: Task, env: Envelope, fn: StepFn, arg: S) -> str:
         _refuse(env, reason)
     failpoints.hit(env.name, env.node, "before")
     try:
-        result = fn(Here(domain, env.node), arg)
+        result = fn(Here(domain, env.node, env.run_id), arg)
     except TRANSIENT as exc:
         final = self.request.retries >= MAX_RETRIES
         journal().fail(env, f"{type(exc).__name__}: {exc}", final=final)

@@ -21,7 +21,7 @@ from sqlalchemy import select
 
 from cosprint import authority
 from cosprint.domain import Domain
-from workers.app import app
+from workers.app import app, connected_workers
 from workers.step import CONTROL, Envelope, Here, Outcome, Superseded, step, worker_id
 from workflows import ledger as L
 from workflows.ledger import Ledger
@@ -159,8 +159,10 @@ class Engine:
 
         A step is lost when it is `running` under a worker that is not in `alive`
         (worker ids), or `queued` past its expiry with no worker taking it: on a node or
-        on `control` alike, since a message the broker lost (a Redis restart loses what
-        it held) or a trigger never sent leaves no worker anything to take. A late
+        on `control` alike (but a fan-out member's expiry is its stage's to judge: it
+        may skip the node rather than fail the run), since a message the broker lost
+        (a Redis restart loses what it held) or a trigger never sent leaves no worker
+        anything to take. A late
         message of a reaped step is harmless: a resume's new launch supersedes it.
         A run still `planned` past that expiry was recorded by a trigger that died
         before launching it: it is failed too, so that `resume` can launch it.
@@ -173,7 +175,8 @@ class Engine:
                 continue
             if s.state in (L.RUNNING, L.RETRYING) and alive is not None and s.worker not in alive:
                 reason = f"the worker of {s.node or 'control'} ({s.worker}) was lost mid-step"
-            elif s.state == L.QUEUED and s.queued_at and now - s.queued_at > expires:
+            elif s.state == L.QUEUED and s.queued_at and now - s.queued_at > expires \
+                    and not s.member:  # a member's expiry is its fan-out's to judge
                 reason = f"no worker of {s.node or 'control'} took the step within {expires:g} s"
             else:
                 continue
@@ -276,6 +279,38 @@ class StageFailed(Exception):
 
 # How often a fan-out looks at its members' states: one indexed read of two columns.
 POLL = 0.005
+# How often it asks the broker which workers are connected, while a member runs.
+PRESENCE_EVERY = 0.5
+
+
+def overdue(waiting: dict[str, str], absent_since: dict[str, float], start: float,
+            now: float, expires: float, lease: float) -> dict[str, str]:
+    """The members a fan-out stops waiting for, each with why (DESIGN invariant 5): queued
+    past `expires` (no worker took it), running while its worker has held no broker
+    connection for `expires` (the worker died with the step and has not come back to
+    finish it), or running past the lock lease (its worker hangs)."""
+    why = {}
+    for node, state in waiting.items():
+        if state in (L.QUEUED, L.PLANNED):
+            if now - start > expires:
+                why[node] = f"no worker of {node} took the step within {expires:g} s"
+        elif now - absent_since.get(node, now) > expires:
+            why[node] = (f"the worker of {node} left while running the step and was not "
+                         f"back within {expires:g} s")
+        elif now - start > lease:
+            why[node] = f"the step ran on {node} past the lock lease ({lease:g} s)"
+    return why
+
+
+def absences(waiting: dict[str, str], connected: set[str] | None,
+             absent_since: dict[str, float], now: float) -> dict[str, float]:
+    """Since when each running member's worker has been seen without a broker connection.
+    When the broker cannot say, nobody is counted absent: a broker restart must not
+    look like every worker leaving."""
+    if connected is None:
+        return {}
+    return {n: absent_since.get(n, now) for n, s in waiting.items()
+            if s == L.RUNNING and n not in connected}
 
 
 @step("control.each", EachInput)
@@ -290,31 +325,32 @@ def each_task(here: Here, arg: EachInput) -> str:
     # Recorded as queued before any is sent: a quick worker's running/succeeded must
     # never be overwritten by a late `queued` (it would then wait out its expiry).
     led.queue_members(arg.run_id, arg.idx, sent)
-    expires = eng.domain.control.step_expires
+    expires, lease = eng.domain.control.step_expires, eng.domain.control.lock_lease
     with app.producer_or_acquire() as producer:  # one broker connection for them all
         for r in todo:
             app.send_task(r.task, kwargs={"run": {**r.envelope, "launch": launch},
                                           "step": r.input},
                           queue=r.queue, expires=expires, task_id=sent[r.node],
                           producer=producer)
-    start = time.time()
+    start = looked = time.time()
+    absent_since: dict[str, float] = {}
     while True:
         waiting = {n: s for n, s in led.member_states(arg.run_id, arg.idx).items()
                    if s not in (*L.DONE, L.FAILED)}
-        # Queued past its expiry: no worker took it. Running past the lock lease: its
-        # worker hangs; either way the stage stops waiting (DESIGN invariant 5).
-        late = [n for n, s in waiting.items() if time.time() - start > (
-            expires if s in (L.QUEUED, L.PLANNED) else eng.domain.control.lock_lease)]
+        now = time.time()
+        if L.RUNNING in waiting.values() and now - looked >= PRESENCE_EVERY:
+            absent_since = absences(waiting, connected_workers(eng.domain), absent_since, now)
+            looked = now
+        late = overdue(waiting, absent_since, start, now, expires, lease)
         if len(waiting) == len(late):
             break
         time.sleep(POLL)
     required = {r.node: r.required for r in members}
-    for node in late:
+    for node, why in late.items():
         app.control.revoke(sent.get(node) or "", terminate=False)
         led.update_step(arg.run_id, arg.idx, node,
                         state=L.FAILED if required[node] else L.SKIPPED,
-                        finished_at=time.time(),
-                        error=f"no worker of {node} took the step within {expires:g} s")
+                        finished_at=time.time(), error=why)
     rows = {r.node: r for r in led.members(arg.run_id, arg.idx)}
     done = sorted(n for n, r in rows.items() if r.state == L.SUCCEEDED)
     skipped = sorted(n for n, r in rows.items() if r.state == L.SKIPPED)
