@@ -319,8 +319,9 @@ def test_a_client_whose_worker_dies_mid_step_and_stays_away_is_skipped_not_waite
         fault_cluster):
     """cl1's worker is SIGKILLed as it begins stopping COSprint in a failover and does not
     come back. The failover does not wait out the lock lease (600 s): once cl1's worker
-    has held no broker connection for `step_expires`, cl1 is skipped, saying why, and the
-    failover ends with every other node on the new master. When cl1's worker returns,
+    has held no broker connection for `step_expires`, cl1 is skipped, saying why, in
+    that stage and the ones after it, and the failover ends with every other node on the
+    new master. When cl1's worker returns,
     its restart-check re-points it."""
     c, failpoints = fault_cluster(servers=1, bcs=1, clients=2, objects=2000, up=False)
     c.amend_domain(control={"auto_reclaim": False, "step_expires": 3.0})
@@ -339,6 +340,11 @@ def test_a_client_whose_worker_dies_mid_step_and_stays_away_is_skipped_not_waite
     assert stop.state == "skipped", stop
     assert stop.error == ("the worker of cl1 left while running the step and was not back "
                           "within 3 s")
+    # and is not waited on again: the later stages skip it at once, saying why
+    later = [(s.name, s.state, s.error) for s in c.ledger.steps(started.run_id)
+             if s.member and s.node == "cl1" and s.idx > stop.idx]
+    assert later == [(name, "skipped", f"step {stop.idx} of this run skipped cl1")
+                     for name in ("write_designation", "refresh_tables", "start_cosprint")]
     assert c.authority() == Designation("bcs1", 2)
     assert points_at(c, "cl2") == ("slave", "bcs1", 2)
     assert points_at(c, "bcs1") == ("master", "bcs1", 2)

@@ -320,7 +320,12 @@ def each_task(here: Here, arg: EachInput) -> str:
     led = eng.ledger
     launch = led.run(arg.run_id)["launch"]
     members = led.members(arg.run_id, arg.idx)
-    todo = [r for r in members if r.state not in L.DONE]
+    # A node an earlier stage skipped is not waited on again: its worker went away (or
+    # never took a step) within this run, and a step on it now, without the ones it
+    # missed, would not be what the plan meant. Its restart-check mends it later.
+    gone = {n: f"step {i} of this run skipped {n}"
+            for n, i in led.skipped_before(arg.run_id, arg.idx).items()}
+    todo = [r for r in members if r.state not in L.DONE and r.node not in gone]
     sent = {r.node: uuid() for r in todo}
     # Recorded as queued before any is sent: a quick worker's running/succeeded must
     # never be overwritten by a late `queued` (it would then wait out its expiry).
@@ -341,13 +346,15 @@ def each_task(here: Here, arg: EachInput) -> str:
         if L.RUNNING in waiting.values() and now - looked >= PRESENCE_EVERY:
             absent_since = absences(waiting, connected_workers(eng.domain), absent_since, now)
             looked = now
-        late = overdue(waiting, absent_since, start, now, expires, lease)
+        late = {**overdue(waiting, absent_since, start, now, expires, lease),
+                **{n: why for n, why in gone.items() if n in waiting}}
         if len(waiting) == len(late):
             break
         time.sleep(POLL)
     required = {r.node: r.required for r in members}
     for node, why in late.items():
-        app.control.revoke(sent.get(node) or "", terminate=False)
+        if node in sent:
+            app.control.revoke(sent[node], terminate=False)
         led.update_step(arg.run_id, arg.idx, node,
                         state=L.FAILED if required[node] else L.SKIPPED,
                         finished_at=time.time(), error=why)

@@ -231,6 +231,9 @@ _SUCCEED_STEP = update(steps).where(_STEP_KEY).values(
 _MEMBER_STATES = select(steps.c.node, steps.c.state).where(
     steps.c.run_id == bindparam("k_run"), steps.c.idx == bindparam("k_idx"),
     steps.c.member.is_(True))
+_SKIPPED_BEFORE = select(steps.c.node, func.min(steps.c.idx)).where(
+    steps.c.run_id == bindparam("k_run"), steps.c.idx < bindparam("k_idx"),
+    steps.c.member.is_(True), steps.c.state == SKIPPED).group_by(steps.c.node)
 _QUEUE_MEMBER = update(steps).where(_STEP_KEY).values(
     state=QUEUED, queued_at=bindparam("v_now"), error=None, task_id=bindparam("v_task"))
 _later = steps.alias("later")
@@ -354,6 +357,11 @@ class Ledger:
         so it reads two short columns, not whole rows."""
         with self.engine.connect() as conn:
             return dict(conn.execute(_MEMBER_STATES, {"k_run": run_id, "k_idx": idx}).all())
+
+    def skipped_before(self, run_id: str, idx: int) -> dict[str, int]:
+        """Node → the first fan-out stage before `idx` of the run that skipped it."""
+        with self.engine.connect() as conn:
+            return dict(conn.execute(_SKIPPED_BEFORE, {"k_run": run_id, "k_idx": idx}).all())
 
     def queue_members(self, run_id: str, idx: int, task_ids: dict[str, str]) -> None:
         """Record the members `task_ids` names as queued, each under its task id, in one
