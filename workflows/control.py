@@ -132,8 +132,7 @@ def verify_failover(here: Here, arg: VerifyFailover) -> str:
     test job for a moved queue is accepted for printing by the master. A node this run
     skipped (its worker went away mid-run) is left out and named: its restart-check
     re-points it when its worker next starts. The new master is never left out."""
-    left_out = sorted({s.node for s in engine().ledger.steps(here.run_id)
-                       if s.member and s.state == L.SKIPPED} - {arg.master})
+    left_out = sorted(engine().ledger.skipped_members(here.run_id).keys() - {arg.master})
     nodes = [n for n in arg.nodes if n not in left_out]
     problems = []
     # One status request per node, at once: at 50 nodes, one after another adds up.

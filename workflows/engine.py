@@ -162,8 +162,8 @@ class Engine:
         on `control` alike (but a fan-out member's expiry is its stage's to judge: it
         may skip the node rather than fail the run), since a message the broker lost
         (a Redis restart loses what it held) or a trigger never sent leaves no worker
-        anything to take. A late
-        message of a reaped step is harmless: a resume's new launch supersedes it.
+        anything to take. A late message of a reaped step is harmless: a resume's new
+        launch supersedes it.
         A run still `planned` past that expiry was recorded by a trigger that died
         before launching it: it is failed too, so that `resume` can launch it.
         """
@@ -324,7 +324,7 @@ def each_task(here: Here, arg: EachInput) -> str:
     # never took a step) within this run, and a step on it now, without the ones it
     # missed, would not be what the plan meant. Its restart-check mends it later.
     gone = {n: f"step {i} of this run skipped {n}"
-            for n, i in led.skipped_before(arg.run_id, arg.idx).items()}
+            for n, i in led.skipped_members(arg.run_id, before=arg.idx).items()}
     todo = [r for r in members if r.state not in L.DONE and r.node not in gone]
     sent = {r.node: uuid() for r in todo}
     # Recorded as queued before any is sent: a quick worker's running/succeeded must

@@ -15,6 +15,7 @@ import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass
+from typing import TypeVar
 
 from cosprint.domain import Domain
 from cosprint.errors import CosfailError
@@ -59,6 +60,16 @@ WORKFLOW = "failover"
 
 class Refused(CosfailError):
     """The trigger refuses: bad input, a failed preflight or a vetoing hook."""
+
+
+P = TypeVar("P")
+
+
+def accepted(plan: P | str) -> P:
+    """The plan a planner made, or Refused with the reason it gave instead."""
+    if isinstance(plan, str):
+        raise Refused(plan)
+    return plan
 
 
 def tables_file(run_id: str, epoch: int) -> str:
@@ -130,11 +141,8 @@ class Started:
 def plan_now(eng: Engine, req: FailoverRequest) -> FailoverPlan:
     """Probe the domain and plan; raise Refused with the reason when it cannot be done."""
     state = current_state(eng)
-    plan = plan_failover(eng.domain, state, probe_all(eng.domain), req, time.time(),
-                         hosting_moves(eng))
-    if isinstance(plan, str):
-        raise Refused(plan)
-    return plan
+    return accepted(plan_failover(eng.domain, state, probe_all(eng.domain), req, time.time(),
+                                  hosting_moves(eng)))
 
 
 HOSTING_MOVES = ("failover", "switchover", "failback")

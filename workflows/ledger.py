@@ -231,7 +231,7 @@ _SUCCEED_STEP = update(steps).where(_STEP_KEY).values(
 _MEMBER_STATES = select(steps.c.node, steps.c.state).where(
     steps.c.run_id == bindparam("k_run"), steps.c.idx == bindparam("k_idx"),
     steps.c.member.is_(True))
-_SKIPPED_BEFORE = select(steps.c.node, func.min(steps.c.idx)).where(
+_SKIPPED_MEMBERS = select(steps.c.node, func.min(steps.c.idx)).where(
     steps.c.run_id == bindparam("k_run"), steps.c.idx < bindparam("k_idx"),
     steps.c.member.is_(True), steps.c.state == SKIPPED).group_by(steps.c.node)
 _QUEUE_MEMBER = update(steps).where(_STEP_KEY).values(
@@ -358,10 +358,12 @@ class Ledger:
         with self.engine.connect() as conn:
             return dict(conn.execute(_MEMBER_STATES, {"k_run": run_id, "k_idx": idx}).all())
 
-    def skipped_before(self, run_id: str, idx: int) -> dict[str, int]:
-        """Node → the first fan-out stage before `idx` of the run that skipped it."""
+    def skipped_members(self, run_id: str, before: int | None = None) -> dict[str, int]:
+        """Node → the first fan-out stage of the run (before stage `before`, if given)
+        that skipped it."""
+        last = before if before is not None else 2**31 - 1  # past every stage
         with self.engine.connect() as conn:
-            return dict(conn.execute(_SKIPPED_BEFORE, {"k_run": run_id, "k_idx": idx}).all())
+            return dict(conn.execute(_SKIPPED_MEMBERS, {"k_run": run_id, "k_idx": last}).all())
 
     def queue_members(self, run_id: str, idx: int, task_ids: dict[str, str]) -> None:
         """Record the members `task_ids` names as queued, each under its task id, in one

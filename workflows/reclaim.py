@@ -29,7 +29,7 @@ from workers.steps import (
 from workflows import ledger as L
 from workflows.control import LockInput, VerifyFailover, release_lock, take_lock, verify_failover
 from workflows.engine import Do, Engine, Stage
-from workflows.failover import Refused, hosting_change, planning, tables_file
+from workflows.failover import accepted, hosting_change, planning, tables_file
 from workflows.liveness import probe_all
 from workflows.plan import ReclaimPlan, plan_reclaim
 from workflows.state import current_state
@@ -59,10 +59,7 @@ def plan_reclaim_now(eng: Engine, server: str) -> ReclaimPlan:
     # probe's timeout and left a message in a broker queue named after the input.
     is_server = server in eng.domain.nodes and eng.domain.node(server).role == "server"
     seen = probe_all(eng.domain, [server]) if is_server else {}
-    plan = plan_reclaim(eng.domain, state, seen, server, reclaim_needed(eng))
-    if isinstance(plan, str):
-        raise Refused(plan)
-    return plan
+    return accepted(plan_reclaim(eng.domain, state, seen, server, reclaim_needed(eng)))
 
 
 def start_reclaim(eng: Engine, server: str, who: str, why: str = "",

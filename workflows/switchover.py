@@ -25,7 +25,13 @@ from workflows import ledger as L
 from workflows.backup import snapshot_name
 from workflows.control import LockInput, release_lock, take_lock
 from workflows.engine import Do, Engine, Stage
-from workflows.failover import Refused, hosting_change, move_hosting, planning, tables_file
+from workflows.failover import (
+    accepted,
+    hosting_change,
+    move_hosting,
+    planning,
+    tables_file,
+)
 from workflows.liveness import probe_all
 from workflows.plan import FailoverPlan, ReclaimPlan, plan_failback, plan_switchover
 from workflows.reclaim import reclaim_stages
@@ -56,12 +62,6 @@ def planned_move_stages(eng: Engine, plan: FailoverPlan, run_id: str) -> list[St
         st.epoch = plan.epoch_after
         stages.append(st)
     return stages
-
-
-def accepted(plan: FailoverPlan | str) -> FailoverPlan:
-    if isinstance(plan, str):
-        raise Refused(plan)
-    return plan
 
 
 def _start(eng: Engine, workflow: str, plan: FailoverPlan, who: str, why: str,
