@@ -294,6 +294,8 @@ def bench(redis: LoopbackRedis, configs: list[Config], repeats: int, keep: bool,
           workdir: str | None = None) -> dict[str, Any]:
     """`redis` is the broker of every domain (one per process: Celery's producer pool
     keeps the first broker it was given)."""
+    if workdir:
+        Path(workdir).mkdir(parents=True, exist_ok=True)
     work = Path(tempfile.mkdtemp(prefix="cosfail-bench-failover-", dir=workdir))
     results: dict[str, Any] = {
         **run_header(repeats), "node_mix": "1 server, 1 bcs, the rest clients", "configs": {},

@@ -38,7 +38,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from cosprint import designation, plainsql
+from cosprint import designation, forkserver, plainsql
 from cosprint.designation import Designation
 from cosprint.errors import CosfailError, DriverError
 from cosprint.fsutil import atomic_write_bytes, fsync_dir
@@ -190,19 +190,30 @@ def read_pid(path: Path) -> int | None:
 
 
 def is_cosprintd(pid: int, node: str, domain_file: Path | None = None) -> bool:
-    """True if `pid` is a live cosprintd of `node` (not a zombie, not a reused pid).
+    """True if `pid` is a live cosprintd of `node` (not a zombie, not a reused pid, not
+    a fork server).
 
     With `domain_file`, a process started with an absolute --domain must name that file:
     two domains on one machine may both have a node called srv1.
     """
+    proc = Path(f"/proc/{pid}")
     try:
-        raw = Path(f"/proc/{pid}/cmdline").read_bytes()
+        cmdline, comm = (proc / "cmdline").read_bytes(), (proc / "comm").read_text()
     except OSError:
         return False
-    args = raw.decode(errors="replace").split("\0")  # a zombie's cmdline is empty
+    return names_cosprintd(cmdline.decode(errors="replace"), comm, node, domain_file)
+
+
+def names_cosprintd(cmdline: str, comm: str, node: str, domain_file: Path | None) -> bool:
+    """Whether a process's /proc `cmdline` and `comm` are those of a cosprintd serving
+    `node`: a fork server has its services' command line, but only they rename
+    themselves (cosprint.forkserver)."""
+    args = cmdline.split("\0")  # a zombie's cmdline is empty
     is_daemon = "cosprint.daemon" in args or any(a.endswith("/cosprintd") for a in args)
     opts = dict(zip(args, args[1:], strict=False))
     if not is_daemon or opts.get("--node") != node:
+        return False
+    if forkserver.FLAG in args and comm.strip() != forkserver.SERVICE_NAME:
         return False
     other = opts.get("--domain", "")
     return domain_file is None or not os.path.isabs(other) or Path(other) == domain_file
@@ -813,14 +824,18 @@ def serve(settings: Settings, ready_fd: int | None = None) -> int:
 
 def _settings(args: argparse.Namespace) -> Settings:
     if args.settings_stdin:
-        settings = Settings.from_json(sys.stdin.buffer.read())
-        if settings.node != args.node:
-            raise CosfailError(f"settings are for node {settings.node!r}, not {args.node!r}")
-        return settings
+        return _settings_of(args.node, sys.stdin.buffer.read())
     _with_packages()
     from cosprint.domain import load_domain  # pydantic: only for a start by hand
 
     return Settings.from_dict(load_domain(args.domain).service_settings(args.node))
+
+
+def _settings_of(node: str, raw: bytes) -> Settings:
+    settings = Settings.from_json(raw)
+    if settings.node != node:
+        raise CosfailError(f"settings are for node {settings.node!r}, not {node!r}")
+    return settings
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -831,31 +846,55 @@ def main(argv: list[str] | None = None) -> int:
                         help="read Domain.service_settings as JSON from stdin, not --domain")
     parser.add_argument("--ready-fd", type=int, default=None,
                         help="write a line to this fd once serving, then close it")
+    parser.add_argument(forkserver.FLAG, type=int, default=None, metavar="FD",
+                        help="serve no jobs: fork a service for each start asked for on "
+                             "the unix socket FD (see cosprint.forkserver)")
     args = parser.parse_args(argv)
+    if args.fork_server is not None:
+        return forkserver.serve_forks(args.fork_server, functools.partial(_forked, args.node))
     try:
         settings = _settings(args)
     except CosfailError as exc:
         print(f"cosprintd: {exc}", file=sys.stderr)
         return 2
-    _setup_logging(settings.home / LOGFILE, args.node)
+    return _run(settings, args.ready_fd)
+
+
+def _forked(node: str, raw: bytes, ready_fd: int) -> int:
     try:
-        return serve(settings, args.ready_fd)
+        settings = _settings_of(node, raw)
+    except CosfailError as exc:
+        print(f"cosprintd: {exc}", file=sys.stderr)
+        os.close(ready_fd)
+        return _flushed(2)
+    return _flushed(_run(settings, ready_fd))
+
+
+def _run(settings: Settings, ready_fd: int | None) -> int:
+    _setup_logging(settings.home / LOGFILE, settings.node)
+    try:
+        return serve(settings, ready_fd)
     except CosfailError as exc:
         log.error("%s", exc)
         print(f"cosprintd: {exc}", file=sys.stderr)
         return 1
     except OSError as exc:
-        msg = f"node {args.node}: {exc}"
+        msg = f"node {settings.node}: {exc}"
         log.error("%s", msg)
         print(f"cosprintd: {msg}", file=sys.stderr)
         return 1
 
 
-if __name__ == "__main__":
-    status = main()
-    # What the daemon writes is fsynced as it goes, and every thread that writes has been
-    # joined: skip the interpreter's teardown of its modules, tens of ms of every stop.
+def _flushed(status: int) -> int:
+    """`status`, once what the process wrote is out: its exit skips the interpreter's
+    teardown (os._exit)."""
     logging.shutdown()
     sys.stdout.flush()
     sys.stderr.flush()
-    os._exit(status)
+    return status
+
+
+if __name__ == "__main__":
+    # What the daemon writes is fsynced as it goes, and every thread that writes has been
+    # joined: skip the interpreter's teardown of its modules, tens of ms of every stop.
+    os._exit(_flushed(main()))

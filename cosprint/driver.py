@@ -30,6 +30,10 @@ class ServiceStatus:
 class Driver(Protocol):
     node: str
 
+    def prepare(self) -> None:
+        """Make this process's later starts of COSprint quick where the driver can (a
+        node's worker calls it once, as it starts)."""
+        ...
     def start(self) -> None: ...
     def stop(self, timeout: float = 10.0) -> bool:
         """Stop COSprint; True if it was running."""

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 import socket
 import subprocess
 import sys
@@ -28,6 +29,7 @@ from cosprint.daemon import (
     UNVERIFIED,
     decide_role,
     is_cosprintd,
+    names_cosprintd,
     spool_job,
 )
 from cosprint.designation import Designation
@@ -168,6 +170,7 @@ def drivers(domain: Domain) -> Iterator[dict[str, ReferenceDriver]]:
     by_node = {name: ReferenceDriver(domain, name) for name in domain.names()}
     yield by_node
     for d in by_node.values():
+        d.unprepare()
         d.kill()
 
 
@@ -197,6 +200,28 @@ def test_decide_role_serves_master_only_when_the_authority_confirms_it(
     got, reason = decide_role(node, desig, auth, hosts_objects=hosts)
     assert got == role
     assert node in reason
+
+
+SRV1_ARGV = "python\0-m\0cosprint.daemon\0--domain\0/d/domain.toml\0--node\0srv1"
+
+
+@pytest.mark.parametrize(
+    ("cmdline", "comm", "node", "is_it"),
+    [
+        (SRV1_ARGV, "python3.11", "srv1", True),
+        (SRV1_ARGV, "python3.11", "cl1", False),
+        (SRV1_ARGV.replace("/d/", "/e/"), "python3.11", "srv1", False),  # another domain
+        # a fork server has its services' command line; only they are named cosprintd
+        (SRV1_ARGV + "\0--fork-server\0" + "5", "python3.11\n", "srv1", False),
+        (SRV1_ARGV + "\0--fork-server\0" + "5", "cosprintd\n", "srv1", True),
+        ("python\0-m\0http.server\0--node\0srv1", "cosprintd\n", "srv1", False),
+        ("", "python3.11\n", "srv1", False),  # a zombie
+    ],
+)
+def test_names_cosprintd_tells_a_service_from_its_fork_server_and_other_processes(
+    cmdline: str, comm: str, node: str, is_it: bool
+) -> None:
+    assert names_cosprintd(cmdline, comm, node, Path("/d/domain.toml")) is is_it
 
 
 def test_decide_role_reasons_name_the_epochs_and_the_ledger_problem() -> None:
@@ -388,6 +413,43 @@ def test_stop_is_clean_and_idempotent(domain: Domain, drivers: dict[str, Referen
     assert not is_cosprintd(pid, "srv1") and srv.status() is None
     assert srv.stop() is False
     assert "stopped" in srv.log_path.read_text()
+
+
+def parent_of(pid: int) -> int:
+    return int(Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[1])
+
+
+def test_a_prepared_node_forks_cosprintd_from_a_fork_server_never_taken_for_it(
+    domain: Domain, drivers: dict[str, ReferenceDriver]
+) -> None:
+    srv = drivers["srv1"]
+    srv.prepare()  # what a node's worker does as it starts
+    srv.start()
+    pid = srv.pid()
+    assert pid is not None and srv.status().role == MASTER  # type: ignore[union-attr]
+    forker = parent_of(pid)
+    assert "--fork-server" in Path(f"/proc/{forker}/cmdline").read_bytes().decode()
+    assert Path(f"/proc/{pid}/comm").read_text().strip() == "cosprintd"
+    assert is_cosprintd(pid, "srv1", domain.path) and not is_cosprintd(forker, "srv1")
+    assert os.getsid(pid) == pid  # a session of its own, as a service started by hand
+    # Stopped, the service is gone and its fork server is not; a stale pidfile that
+    # names the fork server is never signalled.
+    assert srv.stop() is True and not is_cosprintd(pid, "srv1")
+    srv.pidfile.write_text(f"{forker}\n")
+    assert srv.pid() is None and srv.stop() is False
+    assert Path(f"/proc/{forker}/cmdline").read_bytes()  # alive
+    srv.start()
+    again = srv.pid()
+    assert again is not None and again != pid and parent_of(again) == forker
+    # The fork server lost: its service serves on, and a start brings a new fork server.
+    os.kill(forker, signal.SIGKILL)
+    wait_for(lambda: not Path(f"/proc/{forker}/cmdline").read_bytes(), what="fork server gone")
+    assert srv.status().pid == again  # type: ignore[union-attr]
+    assert srv.stop() is True
+    srv.start()
+    third = srv.pid()
+    assert third is not None and parent_of(third) not in (forker, os.getpid())
+    assert srv.submit("q-laser", "after two fork servers")[0] == 202
 
 
 def test_stale_pidfile_naming_another_process_is_never_signalled(

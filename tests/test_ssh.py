@@ -30,6 +30,7 @@ from workers.steps import is_verified
 from workflows.backup import start_backup
 from workflows.failover import start_failover
 from workflows.plan import FailoverRequest
+from workflows.restart_check import start_restart_check
 
 WEIRD = "it's \"here\" $(touch pwned) `touch pwned`; touch pwned"
 
@@ -365,8 +366,13 @@ def test_fence_over_ssh_stops_a_running_cosprintd_of_the_failed_server(make_clus
     assert c.domain.home("srv1").name == f"srv 1 {WEIRD}"
     c.up()
     c.backup()
+    # Its COSprint started again by its worker: a fork of the worker's fork server, which
+    # shares its command line; fencing must tell the two apart.
+    c.driver("srv1").stop()
+    check = start_restart_check(c.engine, "srv1", "test", "restart through the worker")
+    assert check is not None and c.wait(check)["state"] == "succeeded"
     pid = c.driver("srv1").pid()
-    assert pid is not None
+    assert pid is not None and Path(f"/proc/{pid}/comm").read_text() == "cosprintd\n"
     c.kill_worker("srv1")  # the worker is gone; its host still answers SSH
     started = start_failover(c.engine, FailoverRequest(server="srv1", to="bcs1", force=True),
                              "test")

@@ -33,7 +33,7 @@ from pathlib import Path
 
 import paramiko
 
-from cosprint.daemon import pidfile_path
+from cosprint.daemon import names_cosprintd, pidfile_path
 from cosprint.domain import Domain
 from cosprint.errors import CosfailError
 from cosprint.fsutil import TMP_SUFFIX, fsync_dir
@@ -407,17 +407,6 @@ def connect(ep: Endpoint, timeout: float = CONNECT_TIMEOUT) -> paramiko.SSHClien
 
 
 # ----- fencing --------------------------------------------------------------------------
-def _is_cosprintd_cmdline(raw: str, node: str, domain_file: Path) -> bool:
-    """`/proc/PID/cmdline` of a live cosprintd of `node` (cf. cosprint.daemon.is_cosprintd)."""
-    args = raw.split("\0")  # a zombie's, or a gone process's, cmdline is empty
-    is_daemon = "cosprint.daemon" in args or any(a.endswith("/cosprintd") for a in args)
-    opts = dict(zip(args, args[1:], strict=False))
-    if not is_daemon or opts.get("--node") != node:
-        return False
-    other = opts.get("--domain", "")
-    return not os.path.isabs(other) or Path(other) == domain_file
-
-
 def fence_cosprint(domain: Domain, node: str) -> str:
     """Stop `node`'s COSprint on its host over SSH; the outcome as one sentence.
 
@@ -449,8 +438,10 @@ def _stop_cosprintd(s: Session, domain: Domain, node: str) -> str:
         return f"{node} not fenced: {pidfile} {via} holds no pid"
 
     def alive() -> bool:
-        cmd = s.run(["cat", "--", f"/proc/{pid}/cmdline"])
-        return cmd.code == 0 and _is_cosprintd_cmdline(cmd.out, node, domain.path)
+        # One read of both: the cmdline's arguments end in NUL, the comm in a newline.
+        cmd = s.run(["cat", "--", f"/proc/{pid}/cmdline", f"/proc/{pid}/comm"])
+        cmdline, _, comm = cmd.out.rpartition("\0")
+        return cmd.code == 0 and names_cosprintd(cmdline, comm, node, domain.path)
 
     if not alive():
         return (f"fenced {node} {via}: its COSprint was not running "

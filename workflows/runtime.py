@@ -7,6 +7,8 @@ import threading
 import time
 
 from cosprint.domain import Domain
+from cosprint.drivers import driver_for
+from cosprint.errors import CosfailError
 from workers.step import worker_id
 from workflows import engine as engine_mod
 from workflows import ledger as L
@@ -30,6 +32,10 @@ def on_worker_start(domain: Domain, node: str | None) -> None:
     for line in eng.reap_lost_steps(node=node or "", alive={worker_id()}):
         log.warning("%s", line)
     if node:
+        try:
+            driver_for(domain, node).prepare()
+        except (OSError, CosfailError) as exc:  # its starts are then slower, not wrong
+            log.warning("%s: COSprint's starts not prepared: %s", node, exc)
         # In a thread: reclaim probes this very worker, which must be consuming by then.
         threading.Thread(target=_check_node, args=(eng, node), daemon=True).start()
 

@@ -909,6 +909,9 @@ class CupsDriver(NodeFiles):
         except (ProcessLookupError, PermissionError):
             pass
 
+    def prepare(self) -> None:
+        """Nothing to prepare: cupsd is a program of its own, started as it is."""
+
     def start(self, timeout: float = START_TIMEOUT) -> None:
         """Start cupsd unless it runs, then make it serve what the tables say: validate
         first (a row CUPS cannot take fails here, before anything changes), capture what

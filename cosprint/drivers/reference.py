@@ -16,6 +16,7 @@ import select
 import signal
 import subprocess
 import sys
+import threading
 import time
 import urllib.error
 import urllib.request
@@ -35,6 +36,7 @@ from cosprint.domain import Domain
 from cosprint.driver import ServiceStatus
 from cosprint.drivers.base import NodeFiles, children
 from cosprint.errors import DriverError
+from cosprint.forkserver import ForkServer
 
 START_TIMEOUT = 10.0
 STATUS_TIMEOUT = 0.5
@@ -43,6 +45,11 @@ _POLL = 0.02
 
 # Loopback traffic must never go through an http_proxy from the environment.
 _OPENER = urllib.request.build_opener(urllib.request.ProxyHandler({}))
+
+# This process's fork servers, by (domain file, node): see ReferenceDriver.prepare.
+_FORK_SERVERS: dict[tuple[Path, str], ForkServer] = {}
+_FORK_SERVERS_LOCK = threading.Lock()
+
 
 class ReferenceDriver(NodeFiles):
     """Drives one node's cosprintd; every method is safe to call again."""
@@ -81,21 +88,18 @@ class ReferenceDriver(NodeFiles):
                 f"node {self.node}: cosprintd pid {pid} runs but does not answer at "
                 f"{self.url} (see {self.log_path})"
             )
-        proc, ready = self._spawn()
+        pid, ready = self._spawn()
         if _wait_ready(ready, timeout):
             return
-        try:  # the pipe closed unready, or the time ran out: has it exited?
-            code = proc.wait(timeout=0.5)
-        except subprocess.TimeoutExpired:
-            code = None
+        exited = self._wait_gone(pid, 0.5)  # the pipe closed unready, or time ran out
         racer = self.pid()
-        if racer is not None and racer != proc.pid and self._wait_answer(racer, timeout):
+        if racer is not None and racer != pid and self._wait_answer(racer, timeout):
             return  # another start won the race: the service runs, which is what we want
-        if code is None:
-            self._terminate(proc.pid, 2.0)  # half-started: leave no orphan behind
+        if not exited:
+            self._terminate(pid, 2.0)  # half-started: leave no orphan behind
             why = f"did not answer at {self.url} within {timeout:g} s"
         else:
-            why = f"exited with status {code}"
+            why = "exited before it served"
         raise DriverError(
             f"node {self.node}: cosprintd {why} (see {self.log_path}): {self._log_tail()}"
         )
@@ -119,14 +123,27 @@ class ReferenceDriver(NodeFiles):
             raise DriverError(f"node {self.node}: cosprintd pid {pid} survived SIGKILL")
         return True
 
-    def _spawn(self) -> tuple[subprocess.Popen[bytes], int]:
-        """Start cosprintd; returns it and the read end of its ready pipe."""
-        self.log_path.parent.mkdir(parents=True, exist_ok=True)
-        env = dict(os.environ)
-        # The child must import this very cosprint, installed or not.
-        root = str(Path(cosprint.__file__).resolve().parent.parent)
-        env["PYTHONPATH"] = os.pathsep.join(filter(None, [root, env.get("PYTHONPATH")]))
-        argv = [
+    def prepare(self) -> None:
+        """Keep a fork server of this node's cosprintd in this process (a node's worker
+        does, at its start): from then on, a start here forks a service from it."""
+        key = (self.domain.path, self.node)
+        with _FORK_SERVERS_LOCK:
+            server = _FORK_SERVERS.get(key)
+            if server is None:
+                server = _FORK_SERVERS[key] = ForkServer(self._argv(), self.home,
+                                                         self.log_path, self._env())
+        server.warm()
+
+    def unprepare(self) -> None:
+        """Keep no fork server of this node in this process any longer (it exits); the
+        services it forked serve on."""
+        with _FORK_SERVERS_LOCK:
+            server = _FORK_SERVERS.pop((self.domain.path, self.node), None)
+        if server is not None:
+            server.close()
+
+    def _argv(self) -> list[str]:
+        return [
             sys.executable,
             "-S",  # no site-packages until the daemon needs one (see daemon._with_packages)
             "-m",
@@ -136,37 +153,55 @@ class ReferenceDriver(NodeFiles):
             "--node",
             self.node,
         ]
-        ready_r, ready_w = os.pipe()
-        # The settings travel on stdin, not argv: a ledger URL may hold a password.
-        argv += ["--settings-stdin", "--ready-fd", str(ready_w)]
+
+    def _env(self) -> dict[str, str]:
+        env = dict(os.environ)
+        # The child must import this very cosprint, installed or not.
+        root = str(Path(cosprint.__file__).resolve().parent.parent)
+        env["PYTHONPATH"] = os.pathsep.join(filter(None, [root, env.get("PYTHONPATH")]))
+        return env
+
+    def _spawn(self) -> tuple[int, int]:
+        """Start cosprintd, forked from this node's fork server where this process keeps
+        one; returns its pid and the read end of its ready pipe."""
+        # The settings travel on a pipe, not argv: a ledger URL may hold a password.
         settings = json.dumps(self.domain.service_settings(self.node)).encode()
+        server = _FORK_SERVERS.get((self.domain.path, self.node))
+        ready_r, ready_w = os.pipe()
         try:
-            with open(self.log_path, "ab") as out:
-                # An argument list, no shell: the node name and paths are never interpreted.
-                proc = subprocess.Popen(  # noqa: S603
-                    argv,
-                    stdin=subprocess.PIPE,
-                    stdout=out,
-                    stderr=subprocess.STDOUT,
-                    cwd=self.home,
-                    env=env,
-                    start_new_session=True,  # survives the caller's terminal and signals
-                    close_fds=True,
-                    pass_fds=(ready_w,),
-                )
+            if server is not None:
+                return server.start(settings, ready_w), ready_r
+            return self._popen(settings, ready_w), ready_r
         except BaseException:
             os.close(ready_r)
             raise
         finally:
             os.close(ready_w)  # the child's copy alone: its exit closes the pipe
+
+    def _popen(self, settings: bytes, ready_w: int) -> int:
+        self.log_path.parent.mkdir(parents=True, exist_ok=True)
+        argv = [*self._argv(), "--settings-stdin", "--ready-fd", str(ready_w)]
+        with open(self.log_path, "ab") as out:
+            # An argument list, no shell: the node name and paths are never interpreted.
+            proc = subprocess.Popen(  # noqa: S603
+                argv,
+                stdin=subprocess.PIPE,
+                stdout=out,
+                stderr=subprocess.STDOUT,
+                cwd=self.home,
+                env=self._env(),
+                start_new_session=True,  # survives the caller's terminal and signals
+                close_fds=True,
+                pass_fds=(ready_w,),
+            )
         children.add(proc)
         assert proc.stdin is not None
         try:
             proc.stdin.write(settings)
             proc.stdin.close()
         except BrokenPipeError:
-            pass  # it died first; start() reports its exit status and log
-        return proc, ready_r
+            pass  # it died first; start() reports its exit and log
+        return proc.pid
 
     def _wait_answer(self, pid: int, timeout: float) -> bool:
         """True once `pid`, a cosprintd this driver did not start, answers /status."""
