@@ -10,7 +10,7 @@ import time
 from cosprint import authority
 from cosprint.designation import Designation
 from workers.app import app
-from workers.steps import WriteDesignation, write_designation
+from workers.steps import RestartCheck, restart_check
 from workflows import ledger as L
 from workflows.engine import Do, absences, overdue
 
@@ -20,7 +20,7 @@ TARGET = Designation("bcs1", 9)  # what cl1's designation would become if a step
 def one_step_run(c, epoch: int) -> str:  # type: ignore[no-untyped-def]
     c.settle()  # the workers' start-up checks are over: nothing else writes cl1's files
     return c.engine.create("guard-test", {}, "test", "guards", epoch, [
-        Do(write_designation, WriteDesignation(TARGET.master, TARGET.epoch), node="cl1")])
+        Do(restart_check, RestartCheck(TARGET.master, TARGET.epoch, "none.snap"), node="cl1")])
 
 
 def send_by_hand(c, run_id: str, launch: int, queue: str) -> None:  # type: ignore[no-untyped-def]
@@ -55,7 +55,7 @@ def test_a_message_of_a_superseded_launch_is_dropped_and_leaves_no_trace(make_cl
     send_by_hand(c, run_id, launch=1, queue="node.cl1")
     # The worker's log is the only sign that it took the message: the ledger must show none.
     deadline = time.time() + 60
-    while f"dropped write_designation of run {run_id}" not in worker_log(c, "cl1"):
+    while f"dropped refresh_tables of run {run_id}" not in worker_log(c, "cl1"):
         assert time.time() < deadline, worker_log(c, "cl1")[-2000:]
         time.sleep(0.1)
     [after] = c.ledger.steps(run_id)

@@ -310,24 +310,6 @@ def publish_tables(here: Here, arg: PublishTables) -> Outcome:
 
 
 @dataclass(frozen=True)
-class WriteDesignation:
-    master: str
-    epoch: int
-
-
-@step("failover.write_designation", WriteDesignation)
-def write_designation(here: Here, arg: WriteDesignation) -> str:
-    new = Designation(arg.master, arg.epoch)
-    current = here.driver.read_designation()
-    if current == new:
-        return f"designation on {here.node} already {new}"
-    if current and current.epoch > arg.epoch:
-        raise StaleEpochError(f"{here.node} is at {current}: will not go back to {new}")
-    here.driver.write_designation(new)
-    return f"wrote designation {new} on {here.node}"
-
-
-@dataclass(frozen=True)
 class RestartCheck:
     master: str
     epoch: int
@@ -336,10 +318,14 @@ class RestartCheck:
 
 @step("restart_check.refresh_tables", RestartCheck)
 def restart_check(here: Here, arg: RestartCheck) -> str:
-    """Designation vs last-running: re-point this node's tables at a changed master."""
+    """Designation vs last-running: re-point this node's tables at a changed master.
+    Writes the node's designation first (never back to an older epoch)."""
     driver = here.driver
     new = Designation(arg.master, arg.epoch)
-    if driver.read_designation() != new:
+    current = driver.read_designation()
+    if current is not None and current.epoch > arg.epoch:
+        raise StaleEpochError(f"{here.node} is at {current}: will not go back to {new}")
+    if current != new:
         driver.write_designation(new)
     last = driver.read_last_running()
     if last == new:

@@ -4,8 +4,8 @@ Read top to bottom, this is the chain (DESIGN section 2): the trigger plans and 
 preflight synchronously, so a refusal is an immediate answer and changes nothing; then
 take the domain lock → new epoch → fence the failed server → stop COSprint everywhere
 → (with_spool: copy its pending spool files to the BCS) → restore the snapshot on the
-BCS → rehost → publish the master's tables → write the designation everywhere →
-restart-check each node → start COSprint → verify → release.
+BCS → rehost → publish the master's tables → restart-check each node (it writes the
+designation, then re-points the node's tables) → start COSprint → verify → release.
 """
 
 from __future__ import annotations
@@ -26,7 +26,6 @@ from workers.steps import (
     RehostObjects,
     RestartCheck,
     RestoreSnapshot,
-    WriteDesignation,
     copy_spool,
     publish_tables,
     rehost_objects,
@@ -34,7 +33,6 @@ from workers.steps import (
     restore_snapshot,
     start_cosprint,
     stop_cosprint,
-    write_designation,
 )
 from workflows import ledger as L
 from workflows.control import (
@@ -117,9 +115,6 @@ def move_hosting(plan: FailoverPlan, file: str, fence: bool,
         Do(rehost_objects, RehostObjects(old_host=plan.server, new_host=plan.bcs),
            node=plan.master_after),
         Do(publish_tables, PublishTables(file=file, epoch=new), node=plan.master_after),
-        Each(write_designation,
-             {n: WriteDesignation(master=plan.master_after, epoch=new) for n in plan.start},
-             required=False),
         Each(restart_check,
              {n: RestartCheck(master=plan.master_after, epoch=new, file=file)
               for n in plan.start}, required=False),
