@@ -344,7 +344,7 @@ def test_a_client_whose_worker_dies_mid_step_and_stays_away_is_skipped_not_waite
     later = [(s.name, s.state, s.error) for s in c.ledger.steps(started.run_id)
              if s.member and s.node == "cl1" and s.idx > stop.idx]
     assert later == [(name, "skipped", f"step {stop.idx} of this run skipped cl1")
-                     for name in ("refresh_tables", "start_cosprint")]
+                     for name in ("repoint_and_start",)]
     assert c.authority() == Designation("bcs1", 2)
     assert points_at(c, "cl2") == ("slave", "bcs1", 2)
     assert points_at(c, "bcs1") == ("master", "bcs1", 2)

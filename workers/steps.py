@@ -318,6 +318,11 @@ class RestartCheck:
 
 @step("restart_check.refresh_tables", RestartCheck)
 def restart_check(here: Here, arg: RestartCheck) -> str:
+    """The restart-check of this node: `repoint`."""
+    return repoint(here, arg)
+
+
+def repoint(here: Here, arg: RestartCheck) -> str:
     """Designation vs last-running: re-point this node's tables at a changed master.
     Writes the node's designation first (never back to an older epoch)."""
     driver = here.driver
@@ -361,10 +366,24 @@ def copy_spool(here: Here, arg: CopySpool) -> Outcome:
 
 @step("failover.start_cosprint", NoInput)
 def start_cosprint(here: Here, arg: NoInput) -> Outcome:
+    """This node's COSprint, started (it serves in the role its files give it)."""
+    return start_service(here)
+
+
+def start_service(here: Here) -> Outcome:
     here.driver.start()
     st = here.driver.status()
     role = st.role if st else "unknown"
     return Outcome(f"started COSprint on {here.node} as {role}", {"role": role})
+
+
+@step("failover.repoint_and_start", RestartCheck)
+def repoint_and_start(here: Here, arg: RestartCheck) -> Outcome:
+    """The restart-check, then COSprint started, in one step: in a hosting change a
+    node's start waits for its own re-pointing only, not for every other node's."""
+    repointed = repoint(here, arg)
+    started = start_service(here)
+    return Outcome(f"{repointed}; {started.sentence}", started.facts)
 
 
 # ----- reclaim --------------------------------------------------------------------------

@@ -4,8 +4,8 @@ Read top to bottom, this is the chain (DESIGN section 2): the trigger plans and 
 preflight synchronously, so a refusal is an immediate answer and changes nothing; then
 take the domain lock → new epoch → fence the failed server → stop COSprint everywhere
 → (with_spool: copy its pending spool files to the BCS) → restore the snapshot on the
-BCS → rehost → publish the master's tables → restart-check each node (it writes the
-designation, then re-points the node's tables) → start COSprint → verify → release.
+BCS → rehost → publish the master's tables → on each node, restart-check (it writes the
+designation, re-points the node's tables) then start COSprint → verify → release.
 """
 
 from __future__ import annotations
@@ -29,9 +29,8 @@ from workers.steps import (
     copy_spool,
     publish_tables,
     rehost_objects,
-    restart_check,
+    repoint_and_start,
     restore_snapshot,
-    start_cosprint,
     stop_cosprint,
 )
 from workflows import ledger as L
@@ -115,10 +114,9 @@ def move_hosting(plan: FailoverPlan, file: str, fence: bool,
         Do(rehost_objects, RehostObjects(old_host=plan.server, new_host=plan.bcs),
            node=plan.master_after),
         Do(publish_tables, PublishTables(file=file, epoch=new), node=plan.master_after),
-        Each(restart_check,
+        Each(repoint_and_start,
              {n: RestartCheck(master=plan.master_after, epoch=new, file=file)
               for n in plan.start}, required=False),
-        Each(start_cosprint, {n: NoInput() for n in plan.start}, required=False),
         Do(verify_failover, VerifyFailover(master=plan.master_after, epoch=new,
                                            nodes=plan.start, probe_queue=plan.probe_queue)),
     ]

@@ -40,8 +40,8 @@ PHASES = [
     Phase("before the lock", "take_lock@:before", "master"),
     # bcs1's tables are restored from the snapshot; the step has not ended.
     Phase("mid-restore", "restore_snapshot@bcs1:after", "stale"),
-    # Every reachable node's designation names bcs1 at the new epoch; none restarted yet.
-    Phase("designation written", "refresh_tables@bcs1:before", "stale"),
+    # bcs1 has published its tables at the new epoch; no node re-pointed or restarted yet.
+    Phase("tables published", "repoint_and_start@bcs1:before", "stale"),
     # bcs1 already serves as master; the run has still to verify and release the lock.
     Phase("the BCS serving", "verify@:before", "stale"),
 ]
