@@ -30,6 +30,9 @@ from cosprint.errors import DriverError
 if TYPE_CHECKING:
     import subprocess
 
+    # Starts the daemon's command line plus these arguments, passing it this fd.
+    Spawn = Callable[[list[str], int], subprocess.Popen[bytes]]
+
 FLAG = "--fork-server"
 SERVICE_NAME = "cosprintd"  # what a forked service writes to /proc/self/comm
 MAX_SETTINGS = 1 << 20
@@ -57,12 +60,12 @@ def serve_forks(sock_fd: int, run: Callable[[bytes, int], int]) -> int:
         pid = os.fork()
         if pid == 0:
             sock.close()
-            os._exit(_forked(run, raw, fds[0]))
+            os._exit(_become_service(run, raw, fds[0]))
         os.close(fds[0])  # the service's copy alone: its exit closes the pipe
         sock.send(str(pid).encode())
 
 
-def _forked(run: Callable[[bytes, int], int], raw: bytes, ready_fd: int) -> int:
+def _become_service(run: Callable[[bytes, int], int], raw: bytes, ready_fd: int) -> int:
     signal.signal(signal.SIGCHLD, signal.SIG_DFL)
     os.setsid()  # as `start_new_session`: the starter's signals are not its own
     Path("/proc/self/comm").write_text(SERVICE_NAME)
@@ -70,12 +73,12 @@ def _forked(run: Callable[[bytes, int], int], raw: bytes, ready_fd: int) -> int:
 
 
 class ForkServer:
-    """The starter's end of one fork server, started with `argv` (a cosprintd command
-    line) in `cwd`, its output appended to `log`. Thread-safe; a fork server found gone
-    is started again once."""
+    """The starter's end of one fork server, which `spawn` starts (the daemon's command
+    line, plus the flag and the socket's fd) and `name` names in errors. Thread-safe; a
+    fork server found gone is started again once."""
 
-    def __init__(self, argv: list[str], cwd: Path, log: Path, env: dict[str, str]) -> None:
-        self.argv, self.cwd, self.log, self.env = argv, cwd, log, env
+    def __init__(self, spawn: Spawn, name: str) -> None:
+        self.spawn, self.name = spawn, name
         self._lock = threading.Lock()
         self._proc: subprocess.Popen[bytes] | None = None
         self._sock: socket.socket | None = None
@@ -84,36 +87,30 @@ class ForkServer:
         """Fork a service that reads `settings` and says on `ready_w` when it serves;
         returns its pid. The caller keeps (and closes) `ready_w`."""
         with self._lock:
-            for attempt in (1, 2):
-                try:
-                    sock = self._sock or self._spawn()
-                    socket.send_fds(sock, [settings], [ready_w])
-                    answer = sock.recv(32)
-                    pid = int(answer or b"0")
-                    if pid > 0:
-                        return pid
-                    raise OSError("it answered no pid" if answer else "it is gone")
-                except (OSError, ValueError) as exc:
-                    self._close()
-                    if attempt == 2:
-                        raise DriverError(f"cannot start cosprintd through its fork server "
-                                          f"({' '.join(self.argv[-4:])}): {exc}") from None
-            raise AssertionError("unreachable")
+            try:
+                return self._ask(settings, ready_w)
+            except (OSError, ValueError):
+                self._close()
+            try:
+                return self._ask(settings, ready_w)
+            except (OSError, ValueError) as exc:
+                self._close()
+                raise DriverError(f"{self.name}: cannot start cosprintd through its fork "
+                                  f"server: {exc}") from None
+
+    def _ask(self, settings: bytes, ready_w: int) -> int:
+        sock = self._sock or self._spawn()
+        socket.send_fds(sock, [settings], [ready_w])
+        answer = sock.recv(32)
+        pid = int(answer or b"0")
+        if pid <= 0:
+            raise OSError("it answered no pid" if answer else "it is gone")
+        return pid
 
     def _spawn(self) -> socket.socket:
-        import subprocess  # here, not at the top: the daemon imports this module too
-
         mine, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
-        self.log.parent.mkdir(parents=True, exist_ok=True)
         try:
-            with open(self.log, "ab") as out:
-                # An argument list, no shell: the node name and paths are never interpreted.
-                self._proc = subprocess.Popen(  # noqa: S603
-                    [*self.argv, FLAG, str(theirs.fileno())],
-                    stdin=subprocess.DEVNULL, stdout=out, stderr=subprocess.STDOUT,
-                    cwd=self.cwd, env=self.env, start_new_session=True, close_fds=True,
-                    pass_fds=(theirs.fileno(),),
-                )
+            self._proc = self.spawn([FLAG, str(theirs.fileno())], theirs.fileno())
         except BaseException:
             mine.close()
             raise
@@ -128,7 +125,7 @@ class ForkServer:
             self._sock = None
         if self._proc is not None:
             if self._proc.poll() is None:
-                self._proc.kill()  # a live one that did not answer: it is not of use
+                self._proc.kill()  # not waited on: it serves nothing, and may not answer
                 self._proc.wait()
             self._proc = None
 

@@ -130,8 +130,9 @@ class ReferenceDriver(NodeFiles):
         with _FORK_SERVERS_LOCK:
             server = _FORK_SERVERS.get(key)
             if server is None:
-                server = _FORK_SERVERS[key] = ForkServer(self._argv(), self.home,
-                                                         self.log_path, self._env())
+                server = _FORK_SERVERS[key] = ForkServer(
+                    lambda args, fd: self._popen(args, fd, subprocess.DEVNULL),
+                    f"node {self.node}")
         server.warm()
 
     def unprepare(self) -> None:
@@ -141,25 +142,6 @@ class ReferenceDriver(NodeFiles):
             server = _FORK_SERVERS.pop((self.domain.path, self.node), None)
         if server is not None:
             server.close()
-
-    def _argv(self) -> list[str]:
-        return [
-            sys.executable,
-            "-S",  # no site-packages until the daemon needs one (see daemon._with_packages)
-            "-m",
-            "cosprint.daemon",
-            "--domain",
-            str(self.domain.path),
-            "--node",
-            self.node,
-        ]
-
-    def _env(self) -> dict[str, str]:
-        env = dict(os.environ)
-        # The child must import this very cosprint, installed or not.
-        root = str(Path(cosprint.__file__).resolve().parent.parent)
-        env["PYTHONPATH"] = os.pathsep.join(filter(None, [root, env.get("PYTHONPATH")]))
-        return env
 
     def _spawn(self) -> tuple[int, int]:
         """Start cosprintd, forked from this node's fork server where this process keeps
@@ -171,29 +153,16 @@ class ReferenceDriver(NodeFiles):
         try:
             if server is not None:
                 return server.start(settings, ready_w), ready_r
-            return self._popen(settings, ready_w), ready_r
+            return self._start_alone(settings, ready_w), ready_r
         except BaseException:
             os.close(ready_r)
             raise
         finally:
             os.close(ready_w)  # the child's copy alone: its exit closes the pipe
 
-    def _popen(self, settings: bytes, ready_w: int) -> int:
-        self.log_path.parent.mkdir(parents=True, exist_ok=True)
-        argv = [*self._argv(), "--settings-stdin", "--ready-fd", str(ready_w)]
-        with open(self.log_path, "ab") as out:
-            # An argument list, no shell: the node name and paths are never interpreted.
-            proc = subprocess.Popen(  # noqa: S603
-                argv,
-                stdin=subprocess.PIPE,
-                stdout=out,
-                stderr=subprocess.STDOUT,
-                cwd=self.home,
-                env=self._env(),
-                start_new_session=True,  # survives the caller's terminal and signals
-                close_fds=True,
-                pass_fds=(ready_w,),
-            )
+    def _start_alone(self, settings: bytes, ready_w: int) -> int:
+        proc = self._popen(["--settings-stdin", "--ready-fd", str(ready_w)], ready_w,
+                           subprocess.PIPE)
         children.add(proc)
         assert proc.stdin is not None
         try:
@@ -202,6 +171,39 @@ class ReferenceDriver(NodeFiles):
         except BrokenPipeError:
             pass  # it died first; start() reports its exit and log
         return proc.pid
+
+    def _popen(self, args: list[str], fd: int, stdin: int) -> subprocess.Popen[bytes]:
+        """The daemon's command line for this node plus `args`, passed `fd`: a service,
+        or a fork server of services."""
+        self.log_path.parent.mkdir(parents=True, exist_ok=True)
+        env = dict(os.environ)
+        # The child must import this very cosprint, installed or not.
+        root = str(Path(cosprint.__file__).resolve().parent.parent)
+        env["PYTHONPATH"] = os.pathsep.join(filter(None, [root, env.get("PYTHONPATH")]))
+        argv = [
+            sys.executable,
+            "-S",  # no site-packages until the daemon needs one (see daemon._with_packages)
+            "-m",
+            "cosprint.daemon",
+            "--domain",
+            str(self.domain.path),
+            "--node",
+            self.node,
+            *args,
+        ]
+        with open(self.log_path, "ab") as out:
+            # An argument list, no shell: the node name and paths are never interpreted.
+            return subprocess.Popen(  # noqa: S603
+                argv,
+                stdin=stdin,
+                stdout=out,
+                stderr=subprocess.STDOUT,
+                cwd=self.home,
+                env=env,
+                start_new_session=True,  # survives the caller's terminal and signals
+                close_fds=True,
+                pass_fds=(fd,),
+            )
 
     def _wait_answer(self, pid: int, timeout: float) -> bool:
         """True once `pid`, a cosprintd this driver did not start, answers /status."""
