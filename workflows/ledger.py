@@ -1,4 +1,4 @@
-"""The run ledger: runs, their steps, domain locks, the snapshot catalog.
+"""The run ledger: runs, their steps, domain locks, the snapshot catalog, hosting history.
 
 The ledger, not Celery's result backend, is the record (DESIGN invariant 4): a run's
 steps, with their exact JSON arguments, are written here before the first one is sent,
@@ -39,6 +39,7 @@ from sqlalchemy import (
     make_url,
     or_,
     select,
+    text,
     update,
 )
 from sqlalchemy.exc import IntegrityError, OperationalError
@@ -46,7 +47,8 @@ from sqlalchemy.exc import IntegrityError, OperationalError
 from cosprint import authority
 from cosprint.errors import CosfailError
 
-SCHEMA_VERSION = 1
+# 2: `hosting` (who hosts each server's objects, by epoch) and `runs.subject`.
+SCHEMA_VERSION = 2
 
 metadata = MetaData()
 
@@ -58,6 +60,9 @@ runs = Table(
     metadata,
     Column("id", String(32), primary_key=True),
     Column("workflow", String(40), nullable=False, index=True),
+    # The node the run concerns (the failed server, the node checked), so that "the
+    # newest reclaim of srv1" is a query, not a scan of recent runs.
+    Column("subject", String(40), index=True),
     Column("params", Text, nullable=False),
     Column("triggered_by", String(80), nullable=False),
     Column("reason", Text, nullable=False, default=""),
@@ -114,6 +119,20 @@ snapshots = Table(
     Column("pruned", Boolean, nullable=False, default=False),
 )
 
+# Who hosts each server's objects: one row per hosting change (failover, switchover,
+# failback), written in the transaction that advances the domain's epoch; never updated.
+# `server` is the server whose objects moved, from `moved_from` to `hosted_by`.
+hosting = Table(
+    "hosting",
+    metadata,
+    Column("epoch", Integer, primary_key=True),
+    Column("server", String(40), nullable=False, index=True),
+    Column("moved_from", String(40), nullable=False),
+    Column("hosted_by", String(40), nullable=False),
+    Column("run_id", String(32), nullable=False),
+    Column("since", Float, nullable=False),
+)
+
 # Liveness as the detector (workflows/detect.py) saw it: one row per transition of a
 # node (up → suspect → down → up), or a new verdict while suspect; never updated.
 liveness = Table(
@@ -143,6 +162,10 @@ DETECT_LOCK = "detect"  # held (and renewed every tick) by the one active detect
 
 class LedgerError(CosfailError):
     """The ledger cannot do what was asked (unknown run, wrong state)."""
+
+
+class UnknownRun(LedgerError):
+    """No run of that id in the ledger."""
 
 
 class LockHeld(CosfailError):
@@ -279,6 +302,13 @@ class Ledger:
                     f"{self.url}: ledger schema version {found} is newer than this "
                     f"cosfail's {SCHEMA_VERSION}: upgrade cosfail"
                 )
+        if found == 1:
+            with self.engine.begin() as conn:
+                # Claiming the version row first makes one process of several that
+                # start on an old ledger the one that upgrades it; the rest wait here.
+                if conn.execute(update(schema_version).where(schema_version.c.version == 1)
+                                .values(version=2)).rowcount:
+                    upgrade_1_to_2(conn)
 
     @contextmanager
     def tx(self) -> Iterator[Connection]:
@@ -295,13 +325,14 @@ class Ledger:
         rows: list[dict[str, Any]],
         run_id: str | None = None,
         state: str = PLANNED,
+        subject: str | None = None,
     ) -> str:
         run_id = run_id or new_run_id()
         now = time.time()
         with self.tx() as conn:
             conn.execute(
                 insert(runs).values(
-                    id=run_id, workflow=workflow, params=json.dumps(params),
+                    id=run_id, workflow=workflow, subject=subject, params=json.dumps(params),
                     triggered_by=who, reason=why, state=state, launch=1, created_at=now,
                     finished_at=now if state in (REFUSED, SKIPPED) else None,
                 )
@@ -318,7 +349,7 @@ class Ledger:
         with self.engine.connect() as conn:
             row = conn.execute(select(runs).where(runs.c.id == run_id)).mappings().first()
         if row is None:
-            raise LedgerError(f"no run {run_id!r} in the ledger")
+            raise UnknownRun(f"no run {run_id!r} in the ledger")
         out = dict(row)
         out["params"] = json.loads(out["params"])
         return out
@@ -330,6 +361,61 @@ class Ledger:
         with self.engine.connect() as conn:
             rows = conn.execute(q).mappings().all()
         return [{**r, "params": json.loads(r["params"])} for r in rows]
+
+    def runs_since(self, since: float, workflow: str,
+                   subject: str | None = None) -> list[dict[str, Any]]:
+        """Runs of `workflow` (about `subject`, if given) created at or after `since`,
+        newest first: bounded by time, so none is missed however many others ran."""
+        q = (select(runs).where(runs.c.workflow == workflow, runs.c.created_at >= since)
+             .order_by(runs.c.created_at.desc()))
+        if subject is not None:
+            q = q.where(runs.c.subject == subject)
+        with self.engine.connect() as conn:
+            rows = conn.execute(q).mappings().all()
+        return [{**r, "params": json.loads(r["params"])} for r in rows]
+
+    def newest_by_subject(self, workflows: tuple[str, ...]) -> dict[str, dict[str, Any]]:
+        """Subject → its newest run among `workflows`."""
+        newest = (select(runs.c.subject, func.max(runs.c.created_at).label("at"))
+                  .where(runs.c.workflow.in_(workflows), runs.c.subject.is_not(None))
+                  .group_by(runs.c.subject).subquery())
+        q = select(runs).join(newest, and_(runs.c.subject == newest.c.subject,
+                                           runs.c.created_at == newest.c.at)) \
+            .where(runs.c.workflow.in_(workflows))
+        with self.engine.connect() as conn:
+            rows = conn.execute(q).mappings().all()
+        return {r["subject"]: {**r, "params": json.loads(r["params"])} for r in rows}
+
+    def run_counts(self) -> dict[tuple[str, str], int]:
+        """(workflow, state) → how many runs are in it."""
+        q = select(runs.c.workflow, runs.c.state, func.count()).group_by(runs.c.workflow,
+                                                                          runs.c.state)
+        with self.engine.connect() as conn:
+            return {(wf, st): n for wf, st, n in conn.execute(q).all()}
+
+    def newest_run(self, workflow: str, state: str) -> dict[str, Any] | None:
+        q = (select(runs).where(runs.c.workflow == workflow, runs.c.state == state)
+             .order_by(runs.c.created_at.desc()).limit(1))
+        with self.engine.connect() as conn:
+            row = conn.execute(q).mappings().first()
+        return {**row, "params": json.loads(row["params"])} if row else None
+
+    def step_durations(self, bounds: tuple[float, ...]
+                       ) -> dict[tuple[str, str], tuple[list[int], float, int]]:
+        """(workflow, step) → (how many succeeded steps took at most each bound, their
+        total seconds, their count): a histogram that only grows, counted by the
+        database, since succeeded steps are never undone."""
+        took = steps.c.finished_at - steps.c.started_at
+        q = (select(runs.c.workflow, steps.c.name,
+                    *(func.sum(case((took <= b, 1), else_=0)) for b in bounds),
+                    func.sum(took), func.count())
+             .join(runs, runs.c.id == steps.c.run_id)
+             .where(steps.c.state == SUCCEEDED, steps.c.started_at.is_not(None),
+                    steps.c.finished_at.is_not(None))
+             .group_by(runs.c.workflow, steps.c.name))
+        with self.engine.connect() as conn:
+            return {(r[0], r[1]): ([int(x) for x in r[2:-2]], float(r[-2]), int(r[-1]))
+                    for r in conn.execute(q).all()}
 
     def steps(self, run_id: str) -> list[StepRow]:
         with self.engine.connect() as conn:
@@ -542,6 +628,40 @@ class Ledger:
             row = conn.execute(select(locks).where(locks.c.name == name)).mappings().first()
         return dict(row) if row else None
 
+    # ----- hosting history ----------------------------------------------------------
+    def record_hosting(self, conn: Connection, epoch: int, server: str, moved_from: str,
+                       hosted_by: str, run_id: str) -> None:
+        """Record that `server`'s objects move from `moved_from` to `hosted_by` at
+        `epoch`, in the caller's transaction (the one that advances the epoch). Once per
+        epoch: a retried step finds its row and adds none."""
+        found = conn.execute(select(hosting.c.run_id).where(hosting.c.epoch == epoch)).first()
+        if found is None:
+            conn.execute(insert(hosting).values(
+                epoch=epoch, server=server, moved_from=moved_from, hosted_by=hosted_by,
+                run_id=run_id, since=time.time()))
+        elif found.run_id != run_id:
+            raise LedgerError(f"epoch {epoch} already records a hosting change, by run "
+                              f"{found.run_id}, not {run_id}")
+
+    def hosting_history(self, server: str | None = None) -> list[dict[str, Any]]:
+        """Every hosting change (of `server`'s objects, if given), oldest first."""
+        q = select(hosting).order_by(hosting.c.epoch)
+        if server is not None:
+            q = q.where(hosting.c.server == server)
+        with self.engine.connect() as conn:
+            return [dict(r) for r in conn.execute(q).mappings()]
+
+    def hosting_moves(self) -> list[tuple[int, str, str]]:
+        """(epoch, old host, new host) of every hosting change, oldest first."""
+        return [(h["epoch"], h["moved_from"], h["hosted_by"]) for h in self.hosting_history()]
+
+    def hosted_by(self, server: str) -> str | None:
+        """The node hosting `server`'s objects, when that is not `server` itself."""
+        history = self.hosting_history(server)
+        if not history or history[-1]["hosted_by"] == server:
+            return None
+        return history[-1]["hosted_by"]
+
     # ----- liveness (the detector's transitions) ---------------------------------------
     def record_liveness(self, node: str, state: str, at: float, prev_state: str | None,
                         unreachable_since: float | None = None,
@@ -601,3 +721,36 @@ class Ledger:
         wanted = {(k.run_id, k.idx, k.node) for k in keys}
         return [s for rid in {k.run_id for k in keys} for s in self.steps(rid)
                 if (s.run_id, s.idx, s.node) in wanted]
+
+
+HOSTING_MOVES = ("failover", "switchover", "failback")
+
+
+def run_subject(workflow: str, params: dict[str, Any]) -> str | None:
+    """The node a run of schema 1 concerned, from its parameters. A failback's
+    `server` there named the BCS it moved hosting from; its subject is the server."""
+    plan = params.get("plan") or {}
+    if workflow == "failback":
+        return plan.get("bcs")
+    return (params.get("request") or {}).get("server") or params.get("server") \
+        or params.get("node")
+
+
+def upgrade_1_to_2(conn: Connection) -> None:
+    """Give every run its subject and fill `hosting` from the succeeded hosting moves,
+    which schema 1 kept only in runs' parameters."""
+    conn.execute(text("ALTER TABLE runs ADD COLUMN subject VARCHAR(40)"))
+    conn.execute(text("CREATE INDEX ix_runs_subject ON runs (subject)"))
+    rows = conn.execute(select(runs.c.id, runs.c.workflow, runs.c.params, runs.c.state,
+                               runs.c.created_at, runs.c.finished_at)
+                        .order_by(runs.c.created_at)).all()
+    for r in rows:
+        params = json.loads(r.params)
+        conn.execute(update(runs).where(runs.c.id == r.id)
+                     .values(subject=run_subject(r.workflow, params)))
+        plan = params.get("plan") or {}
+        if r.workflow in HOSTING_MOVES and r.state == SUCCEEDED and plan.get("bcs"):
+            conn.execute(insert(hosting).values(
+                epoch=plan["epoch_after"], server=run_subject(r.workflow, params),
+                moved_from=plan["server"], hosted_by=plan["bcs"], run_id=r.id,
+                since=r.finished_at or r.created_at))
