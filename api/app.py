@@ -17,6 +17,7 @@ from cosprint.errors import CosfailError
 from workers.app import configure
 from workflows import ledger as L
 from workflows.engine import Engine
+from workflows.refusal import Refused
 
 
 class FailoverBody(BaseModel):
@@ -102,10 +103,17 @@ def create_app(domain: Domain) -> FastAPI:
     async def _held(_req: Request, exc: L.LockHeld) -> JSONResponse:
         return JSONResponse({"detail": str(exc), "holder": exc.holder}, status_code=409)
 
+    @app.exception_handler(L.UnknownRun)
+    async def _unknown(_req: Request, exc: L.UnknownRun) -> JSONResponse:
+        return JSONResponse({"detail": str(exc)}, status_code=404)
+
     @app.exception_handler(L.LedgerError)
     async def _ledger(_req: Request, exc: L.LedgerError) -> JSONResponse:
-        code = 404 if str(exc).startswith("no run") else 409
-        return JSONResponse({"detail": str(exc)}, status_code=code)
+        return JSONResponse({"detail": str(exc)}, status_code=409)
+
+    @app.exception_handler(Refused)
+    async def _refused(_req: Request, exc: Refused) -> JSONResponse:
+        return JSONResponse({"detail": str(exc), "code": exc.refusal.code}, status_code=422)
 
     @app.exception_handler(CosfailError)
     async def _bad(_req: Request, exc: CosfailError) -> JSONResponse:
@@ -115,49 +123,58 @@ def create_app(domain: Domain) -> FastAPI:
     def healthz() -> dict[str, str]:
         return {"status": "ok"}
 
+    def start(wf: Any, request: Any, who: str, reason: str, dry_run: bool) -> dict[str, Any]:
+        from workflows import trigger
+
+        planned = trigger.plan(eng, wf, request)
+        if dry_run:
+            return {"run_id": None, "plan": asdict(planned.plan)}
+        return {"run_id": trigger.start(eng, planned, who, reason).run_id,
+                "plan": asdict(planned.plan)}
+
     @app.post("/backup", status_code=202)
     def backup(who: Caller, body: ReasonBody | None = None) -> dict[str, Any]:
-        from workflows.backup import start_backup
+        from workflows import trigger
+        from workflows.backup import BACKUP, BackupRequest
 
-        run_id, state = start_backup(eng, who, (body or ReasonBody()).reason)
-        if state == L.SKIPPED:
-            holder = eng.ledger.run(run_id)["params"]["holder"]
+        started = trigger.run(eng, BACKUP, BackupRequest(), who, (body or ReasonBody()).reason)
+        if started.state == L.SKIPPED:
+            holder = eng.ledger.run(started.run_id)["params"]["holder"]
             raise L.LockHeld(L.BACKUP_LOCK, holder)
-        return {"run_id": run_id}
+        return {"run_id": started.run_id}
 
     @app.post("/failover", status_code=202)
     def failover(body: FailoverBody, who: Caller) -> dict[str, Any]:
-        from workflows.failover import start_failover
+        from workflows.failover import FAILOVER
         from workflows.plan import FailoverRequest
 
         req = FailoverRequest(server=body.server, to=body.to, best=body.best,
                               force=body.force, with_spool=body.with_spool)
-        started = start_failover(eng, req, who, body.reason, dry_run=body.dry_run)
-        return {"run_id": started.run_id, "plan": asdict(started.plan)}
+        return start(FAILOVER, req, who, body.reason, body.dry_run)
 
     @app.post("/switchover", status_code=202)
     def switchover(body: MoveBody, who: Caller) -> dict[str, Any]:
-        from workflows.switchover import start_switchover
+        from workflows.plan import MoveRequest
+        from workflows.switchover import SWITCHOVER
 
         if not body.to:
             raise CosfailError("switchover needs `to`: the BCS to move to")
-        run_id, plan = start_switchover(eng, body.server, body.to, who, body.reason,
-                                        dry_run=body.dry_run)
-        return {"run_id": run_id, "plan": asdict(plan)}
+        return start(SWITCHOVER, MoveRequest(body.server, body.to), who, body.reason,
+                     body.dry_run)
 
     @app.post("/reclaim", status_code=202)
     def reclaim(body: MoveBody, who: Caller) -> dict[str, Any]:
-        from workflows.reclaim import start_reclaim
+        from workflows.plan import MoveRequest
+        from workflows.reclaim import RECLAIM
 
-        run_id, plan = start_reclaim(eng, body.server, who, body.reason, dry_run=body.dry_run)
-        return {"run_id": run_id, "plan": asdict(plan)}
+        return start(RECLAIM, MoveRequest(body.server), who, body.reason, body.dry_run)
 
     @app.post("/failback", status_code=202)
     def failback(body: MoveBody, who: Caller) -> dict[str, Any]:
-        from workflows.switchover import start_failback
+        from workflows.plan import MoveRequest
+        from workflows.switchover import FAILBACK
 
-        run_id, plan = start_failback(eng, body.server, who, body.reason, dry_run=body.dry_run)
-        return {"run_id": run_id, "plan": asdict(plan)}
+        return start(FAILBACK, MoveRequest(body.server), who, body.reason, body.dry_run)
 
     @app.get("/status")
     def status(who: Caller) -> dict[str, Any]:
@@ -171,7 +188,6 @@ def create_app(domain: Domain) -> FastAPI:
 
     @app.get("/runs/{run_id}")
     def run(run_id: str, who: Caller) -> dict[str, Any]:
-        eng.reap_lost_steps(run_id)
         return {**eng.ledger.run(run_id),
                 "steps": [s.as_json() for s in eng.ledger.steps(run_id)]}
 

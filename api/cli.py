@@ -175,13 +175,14 @@ def _finish(eng, run_id: str, wait: bool, as_json: bool, state: str = "running")
 def backup(domain: DomainOpt = None, wait: WaitOpt = False, as_json: JsonOpt = False,
            reason: ReasonOpt = "on demand") -> None:
     """A backup run now."""
-    from workflows.backup import start_backup
+    from workflows import trigger
+    from workflows.backup import BACKUP, BackupRequest
 
     eng = _engine(domain)
-    run_id, state = start_backup(eng, who(), reason)
-    if state == "skipped":
-        raise refuse(f"backup skipped: {eng.ledger.run(run_id)['reason']}")
-    _finish(eng, run_id, wait, as_json)
+    started = trigger.run(eng, BACKUP, BackupRequest(), who(), reason)
+    if started.state == "skipped":
+        raise refuse(f"backup skipped: {eng.ledger.run(started.run_id)['reason']}")
+    _finish(eng, started.run_id, wait, as_json)
 
 
 @app.command()
@@ -205,7 +206,6 @@ def run(run_id: str, domain: DomainOpt = None, as_json: JsonOpt = False) -> None
     from api import view
 
     eng = _engine(domain, need_broker=False)
-    eng.reap_lost_steps(run_id)
     if as_json:
         emit(view.run_json(eng, run_id))
     else:
@@ -227,10 +227,10 @@ def resume(run_id: str, domain: DomainOpt = None, wait: WaitOpt = False,
     _finish(eng, run_id, wait, as_json)
 
 
-def _plan_table(plan: Any) -> Any:
+def _plan_table(plan: Any, fences: bool) -> Any:
     from rich.table import Table
 
-    t = Table(show_header=False, title=f"failover plan for {plan.server}")
+    t = Table(show_header=False, title=f"plan for {plan.server}")
     age = f"{plan.snapshot_age:.0f} s" if plan.snapshot_age is not None else "-"
     rows = [
         ("moves", f"{plan.moving} objects of {plan.server} → {plan.bcs}"),
@@ -241,13 +241,38 @@ def _plan_table(plan: Any) -> Any:
         ("stops", ", ".join(plan.stop) or "-"),
         ("restarts", ", ".join(plan.start) or "-"),
         ("unreachable", ", ".join(plan.unreachable) or "-"),
-        ("fences", plan.server if plan.fence else "nothing (not answering)"),
     ]
+    if fences:
+        rows.append(("fences", f"{plan.server}, if it can be reached"))
     for note in plan.notes:
         rows.append(("note", note))
     for k, v in rows:
         t.add_row(k, v)
     return t
+
+
+def _start_confirmed(eng: Any, wf: Any, request: Any, what: str, dry_run: bool, yes: bool,
+                     wait: bool, as_json: bool, reason: str) -> None:
+    """Plan, show the plan and ask (unless --yes), then start exactly that plan."""
+    from dataclasses import asdict
+
+    from workflows import trigger
+
+    planned = trigger.plan(eng, wf, request)
+    if as_json and dry_run:
+        emit({"run_id": None, "plan": asdict(planned.plan)})
+        return
+    if dry_run or not yes:
+        out.print(_plan_table(planned.plan, fences=wf.name == "failover"))
+    if dry_run:
+        return
+    if not yes:
+        if not sys.stdin.isatty():
+            raise refuse("not confirmed: add --yes to go ahead without a prompt")
+        if not typer.confirm(f"{what} now?"):
+            raise refuse("not confirmed: nothing changed")
+    started = trigger.start(eng, planned, who(), reason)
+    _finish(eng, started.run_id, wait, as_json)
 
 
 @app.command()
@@ -265,40 +290,15 @@ def failover(
     reason: ReasonOpt = "",
 ) -> None:
     """Fail SERVER over to a BCS (--to BCS, or --best)."""
-    from workflows.failover import plan_now, start_failover
+    from workflows.failover import FAILOVER
     from workflows.plan import FailoverRequest
 
     if (to is None) == (not best):
         raise refuse("give exactly one of --to BCS or --best")
-    eng = _engine(domain)
     req = FailoverRequest(server=server, to=to, best=best, force=force,
                           with_spool=with_spool)
-    if (dry_run or not yes) and not _confirm_plan(plan_now(eng, req), dry_run, yes, as_json,
-                                                  "Fail over"):
-        return
-    started = start_failover(eng, req, who(), reason)
-    assert started.run_id
-    _finish(eng, started.run_id, wait, as_json)
-
-
-def _confirm_plan(plan: Any, dry_run: bool, yes: bool, as_json: bool, what: str) -> bool:
-    """Show the plan; True when the operator goes ahead."""
-    from dataclasses import asdict
-
-    if as_json and dry_run:
-        emit({"run_id": None, "plan": asdict(plan)})
-        return False
-    if not as_json or not yes:
-        out.print(_plan_table(plan) if hasattr(plan, "moving") else str(plan))
-    if dry_run:
-        return False
-    if yes:
-        return True
-    if not sys.stdin.isatty():
-        raise refuse("not confirmed: add --yes to go ahead without a prompt")
-    if not typer.confirm(f"{what} now?"):
-        raise refuse("not confirmed: nothing changed")
-    return True
+    _start_confirmed(_engine(domain), FAILOVER, req, "Fail over", dry_run, yes, wait, as_json,
+                     reason)
 
 
 @app.command()
@@ -310,13 +310,11 @@ def switchover(
     wait: WaitOpt = False, as_json: JsonOpt = False, reason: ReasonOpt = "",
 ) -> None:
     """Planned move of SERVER's objects to a BCS, with zero data loss."""
-    from workflows.switchover import start_switchover
+    from workflows.plan import MoveRequest
+    from workflows.switchover import SWITCHOVER
 
-    eng = _engine(domain)
-    _, plan = start_switchover(eng, server, to, who(), reason, dry_run=True)
-    if _confirm_plan(plan, dry_run, yes, as_json, "Switch over"):
-        run_id, _ = start_switchover(eng, server, to, who(), reason)
-        _finish(eng, run_id, wait, as_json)
+    _start_confirmed(_engine(domain), SWITCHOVER, MoveRequest(server, to), "Switch over",
+                     dry_run, yes, wait, as_json, reason)
 
 
 @app.command()
@@ -326,14 +324,17 @@ def reclaim(server: str, dry_run: DryRunOpt = False, domain: DomainOpt = None,
     """Bring a failed-over SERVER back as a slave (its obsolete data is set aside)."""
     from dataclasses import asdict
 
-    from workflows.reclaim import start_reclaim
+    from workflows import trigger
+    from workflows.plan import MoveRequest
+    from workflows.reclaim import RECLAIM
 
     eng = _engine(domain)
-    run_id, plan = start_reclaim(eng, server, who(), reason, dry_run=dry_run)
-    if run_id is None:
-        emit({"run_id": None, "plan": asdict(plan)}) if as_json else out.print(plan)
+    planned = trigger.plan(eng, RECLAIM, MoveRequest(server))
+    if dry_run:
+        emit({"run_id": None, "plan": asdict(planned.plan)}) if as_json \
+            else out.print(planned.plan)
         return
-    _finish(eng, run_id, wait, as_json)
+    _finish(eng, trigger.start(eng, planned, who(), reason).run_id, wait, as_json)
 
 
 @app.command()
@@ -342,13 +343,11 @@ def failback(server: str, dry_run: DryRunOpt = False, yes: YesOpt = False,
              domain: DomainOpt = None, wait: WaitOpt = False, as_json: JsonOpt = False,
              reason: ReasonOpt = "") -> None:
     """Move hosting back to a reclaimed SERVER from the BCS that took it over."""
-    from workflows.switchover import start_failback
+    from workflows.plan import MoveRequest
+    from workflows.switchover import FAILBACK
 
-    eng = _engine(domain)
-    _, plan = start_failback(eng, server, who(), reason, dry_run=True)
-    if _confirm_plan(plan, dry_run, yes, as_json, "Fail back"):
-        run_id, _ = start_failback(eng, server, who(), reason)
-        _finish(eng, run_id, wait, as_json)
+    _start_confirmed(_engine(domain), FAILBACK, MoveRequest(server), "Fail back", dry_run,
+                     yes, wait, as_json, reason)
 
 
 @app.command()

@@ -1,3 +1,4 @@
+
 """Backup benchmark (not a test): `.venv/bin/python -m bench.backup`.
 
 For each domain size (10k and 100k objects by default), on a real domain (a redis-server
@@ -57,6 +58,8 @@ from cosprint.domain import load_domain
 from workers.app import app, node_queue
 from workers.local import LocalDomain, LoopbackRedis
 from workers.step import Here, step
+from workflows import trigger
+from workflows.backup import BACKUP, BackupRequest
 from workflows.engine import Do
 from workflows.state import current_state
 
@@ -110,10 +113,9 @@ def cluster(base: Path, objects: int, broker: str) -> RunningDomain:
 # ----- measures ----------------------------------------------------------------------------
 def cosfail_backup(c: RunningDomain) -> dict[str, Any]:
     """One backup run, trigger to `succeeded`; with where its time went, from the ledger."""
-    from workflows.backup import start_backup
 
     t0 = time.time()
-    run_id, _ = start_backup(c.engine, "bench", "benchmark")
+    run_id = trigger.run(c.engine, BACKUP, BackupRequest(), "bench", "benchmark").run_id
     run = c.finish(run_id)
     steps = c.engine.ledger.steps(run_id)
     top = [s for s in steps if not s.member]

@@ -1,3 +1,4 @@
+
 """Failover benchmark (not a test): `.venv/bin/python -m bench.failover`.
 
 RTO = from the failover's accept (`start_failover` returns with a run id: what the API's
@@ -62,7 +63,9 @@ from cosprint import authority, designation, tables
 from cosprint.designation import Designation
 from cosprint.drivers import driver_for
 from workers.local import LocalError, LoopbackRedis, pid_alive
-from workflows.failover import start_failover
+from workflows import trigger
+from workflows.backup import BACKUP, BackupRequest
+from workflows.failover import FAILOVER
 from workflows.plan import FailoverRequest
 from workflows.state import current_state
 
@@ -111,9 +114,8 @@ class BenchDomain(RunningDomain):
         super().__init__(base, objects, broker, clients=nodes - 2)
 
     def backup(self) -> None:
-        from workflows.backup import start_backup
 
-        run_id, _ = start_backup(self.engine, "bench", "benchmark")
+        run_id = trigger.run(self.engine, BACKUP, BackupRequest(), "bench", "benchmark").run_id
         self.finish(run_id)
 
     # ----- put the domain back as it was before the failover --------------------------------
@@ -172,8 +174,8 @@ def failover_once(d: BenchDomain) -> dict[str, Any]:
     reset_peak(bcs)
     d.kill_server()
     t_req = time.time()
-    started = start_failover(d.engine, FailoverRequest(server="srv1", to="bcs1"), "bench",
-                             "benchmark")
+    started = trigger.run(d.engine, FAILOVER, FailoverRequest(server="srv1", to="bcs1"),
+                          "bench", "benchmark")
     t_acc = time.time()
     assert started.run_id
     run = d.finish(started.run_id)

@@ -9,7 +9,18 @@ from __future__ import annotations
 
 import time
 
-from sqlalchemy import Column, Engine, Float, Integer, MetaData, String, Table, text, update
+from sqlalchemy import (
+    Column,
+    Connection,
+    Engine,
+    Float,
+    Integer,
+    MetaData,
+    String,
+    Table,
+    text,
+    update,
+)
 from sqlalchemy.exc import IntegrityError
 
 from cosprint import plainsql
@@ -52,23 +63,25 @@ def initialise(engine: Engine, domain: str, master: str) -> Designation:
     return current
 
 
-def advance(engine: Engine, domain: str, expected: Designation, new: Designation) -> Designation:
-    """Compare-and-set: move from `expected` to `new`; idempotent when already at `new`."""
+def advance(conn: Connection, domain: str, expected: Designation,
+            new: Designation) -> Designation:
+    """Compare-and-set: move from `expected` to `new`; idempotent when already at `new`.
+    In the caller's transaction, so that what else records the change commits with it."""
     if new.epoch <= expected.epoch:
         raise ValueError(f"new epoch {new.epoch} must be above {expected.epoch}")
-    with engine.begin() as conn:
-        result = conn.execute(
-            update(domain_state)
-            .where(
-                domain_state.c.domain == domain,
-                domain_state.c.master == expected.master,
-                domain_state.c.epoch == expected.epoch,
-            )
-            .values(master=new.master, epoch=new.epoch, updated_at=time.time())
+    result = conn.execute(
+        update(domain_state)
+        .where(
+            domain_state.c.domain == domain,
+            domain_state.c.master == expected.master,
+            domain_state.c.epoch == expected.epoch,
         )
+        .values(master=new.master, epoch=new.epoch, updated_at=time.time())
+    )
     if result.rowcount == 1:
         return new
-    current = read(engine, domain)
+    row = conn.execute(text(plainsql.AUTHORITY), {"domain": domain}).first()
+    current = Designation(row.master, row.epoch) if row else None
     if current == new:
         return new
     raise StaleEpochError(

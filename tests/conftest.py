@@ -1,3 +1,4 @@
+
 """Fixtures that start real services: a redis-server on a free port, a domain of real
 node workers and real `cosprintd` processes. Reused by every integration test."""
 
@@ -23,6 +24,8 @@ from cosprint.domain import Domain, load_domain
 from cosprint.drivers import driver_for
 from workers.app import configure
 from workers.local import LocalDomain, LoopbackRedis, free_port, pid_alive
+from workflows import trigger
+from workflows.backup import BACKUP, BackupRequest
 from workflows.engine import Engine, wait_for
 from workflows.state import current_state
 
@@ -100,9 +103,8 @@ class Cluster:
 
     def backup(self) -> str:
         """A backup run to its successful end; returns its run id."""
-        from workflows.backup import start_backup
 
-        run_id, _ = start_backup(self.engine, "test", "test backup")
+        run_id = trigger.run(self.engine, BACKUP, BackupRequest(), "test", "test backup").run_id
         run = self.wait(run_id)
         assert run["state"] == "succeeded", run["error"]
         return run_id
@@ -157,7 +159,7 @@ class Cluster:
         deadline = time.time() + timeout
         while True:
             runs = self.ledger.runs(limit=1000)
-            checked = {r["params"].get("node") for r in runs if r["workflow"] == "restart-check"}
+            checked = {r["subject"] for r in runs if r["workflow"] == "restart-check"}
             busy = [r["id"] for r in runs if r["state"] in ("planned", "running")]
             if nodes <= checked and not busy:
                 return

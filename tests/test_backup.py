@@ -1,3 +1,4 @@
+
 """Backup on real Redis, real node workers and real COSprint processes.
 
 Faults are real: a worker stopped (SIGSTOP) while a snapshot waits in its queue, a
@@ -21,7 +22,8 @@ from cosprint.demo import init_demo
 from cosprint.snapshot import import_snapshot, list_snapshots
 from workers.local import pid_alive
 from workers.steps import OUTBOX, is_verified
-from workflows.backup import start_backup
+from workflows import trigger
+from workflows.backup import BACKUP, BackupRequest
 
 T = TypeVar("T")
 
@@ -61,7 +63,7 @@ def restored_digest(snapshot: Path, scratch: Path) -> str:
 
 
 def backup_ok(c) -> str:  # type: ignore[no-untyped-def]
-    run_id, _ = start_backup(c.engine, "test", "test backup")
+    run_id = trigger.run(c.engine, BACKUP, BackupRequest(), "test", "test backup").run_id
     run = c.wait(run_id)
     assert run["state"] == "succeeded", run["error"]
     return run_id
@@ -74,7 +76,7 @@ def backup_runs(c) -> list[dict]:  # type: ignore[no-untyped-def, type-arg]
 # ----- the happy path -------------------------------------------------------------------
 def test_backup_leaves_a_verified_snapshot_on_every_bcs_equal_to_the_master(make_cluster, tmp_path):
     c = make_cluster(servers=1, bcs=2, clients=2, objects=2000)
-    run_id, _ = start_backup(c.engine, "test", "proof")
+    run_id = trigger.run(c.engine, BACKUP, BackupRequest(), "test", "proof").run_id
     run = c.wait(run_id)
     assert run["state"] == "succeeded", run["error"]
     with tables.connect(c.domain.tables_url("srv1")) as conn:
@@ -125,7 +127,8 @@ def test_a_snapshot_corrupted_in_transit_fails_verify_and_the_verified_one_stays
     pid = c.worker_pid("bcs1")
     os.kill(pid, signal.SIGSTOP)
     try:
-        run_id, _ = start_backup(c.engine, "test", "corrupted in transit")
+        run_id = trigger.run(c.engine, BACKUP, BackupRequest(), "test",
+                             "corrupted in transit").run_id
         wait_until(lambda: step_of(c, run_id, "ship_snapshot", "bcs1").state == "queued",
                    timeout=20, why="the ship step queued for bcs1")
         name = step_of(c, run_id, "ship_snapshot", "bcs1").input["file"]
@@ -232,7 +235,7 @@ def test_a_worker_killed_mid_copy_is_resumed_to_the_same_verified_snapshot(make_
     area = c.domain.backup_area("bcs1")
     for _attempt in range(3):
         pid = c.worker_pid("bcs1")
-        run_id, _ = start_backup(c.engine, "test", "killed mid-copy")
+        run_id = trigger.run(c.engine, BACKUP, BackupRequest(), "test", "killed mid-copy").run_id
         part = area / (snapshot_file(c, run_id) + ".part")
 
         def copying_or_done(part: Path = part, run_id: str = run_id) -> str:

@@ -125,7 +125,8 @@ def advance_authority(domain: Domain, new: Designation) -> None:
     engine = create_engine(domain.ledger_url)
     current = authority.read(engine, DOMAIN_NAME)
     assert current is not None
-    authority.advance(engine, DOMAIN_NAME, current, new)
+    with engine.begin() as conn:
+        authority.advance(conn, DOMAIN_NAME, current, new)
     engine.dispose()
 
 

@@ -1,3 +1,4 @@
+
 """The CUPS driver on real cupsd processes, one per server and BCS, on loopback ports.
 
 Every check reads CUPS through its own client programs (`lpstat`, `lpoptions`, `lp`),
@@ -22,10 +23,11 @@ from sqlalchemy import delete, insert, select
 
 from cosprint import tables
 from cosprint.drivers.cups import UNFINISHED, CupsError, read_job
-from workflows.backup import start_backup
-from workflows.failover import start_failover
-from workflows.plan import FailoverRequest
-from workflows.switchover import start_failback
+from workflows import trigger
+from workflows.backup import BACKUP, BackupRequest
+from workflows.failover import FAILOVER
+from workflows.plan import FailoverRequest, MoveRequest
+from workflows.switchover import FAILBACK
 
 pytestmark = pytest.mark.timeout(240)
 
@@ -167,7 +169,7 @@ def test_failover_carries_every_cups_object_loses_no_job_and_failback_restores_c
     assert len(pending) >= 3 and {j.dest for j in pending} == {"q-srv1-0002"}, \
         [(j.title, j.dest, j.state) for j in pending]
 
-    started = start_failover(c.engine, FailoverRequest(server="srv1", to="bcs1",
+    started = trigger.run(c.engine, FAILOVER, FailoverRequest(server="srv1", to="bcs1",
                                                        with_spool=True), "test")
     run = c.wait(started.run_id)
     assert run["state"] == "succeeded", run["error"]
@@ -210,7 +212,7 @@ def test_failover_carries_every_cups_object_loses_no_job_and_failback_restores_c
     assert {p.name for p in quarantine.iterdir()} >= {j.control.name for j in pending}
 
     # Failback: srv1's cupsd serves exactly what it served before it died.
-    run_id, _ = start_failback(c.engine, "srv1", "test", "home again")
+    run_id = trigger.run(c.engine, FAILBACK, MoveRequest("srv1"), "test", "home again").run_id
     run = c.wait(run_id)
     assert run["state"] == "succeeded", run["error"]
     assert config(c, "srv1") == before
@@ -235,7 +237,8 @@ def test_unsupported_or_malformed_cups_objects_are_named_and_nothing_changes(mak
     cups(c, "srv1", "lpadmin", "-p", "prn-srv1-0001", "-c", "q-two")
     cups(c, "srv1", "lpadmin", "-p", "prn-srv1-0002", "-c", "q-two")
     cups(c, "srv1", "lpadmin", "-p", "prn-srv1-0003", "-u", "allow:alice")
-    run_id, _ = start_backup(c.engine, "test", "with unsupported objects")
+    run_id = trigger.run(c.engine, BACKUP, BackupRequest(), "test",
+                         "with unsupported objects").run_id
     run = c.wait(run_id)
     assert run["state"] == "failed"
     assert "class 'q-two'" in run["error"] and "2 members" in run["error"], run["error"]

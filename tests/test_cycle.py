@@ -1,3 +1,4 @@
+
 """The full cycle without split brain: backup → failover → return → reclaim → failback."""
 
 from __future__ import annotations
@@ -6,9 +7,10 @@ import time
 from pathlib import Path
 
 from cosprint.designation import Designation
-from workflows.failover import start_failover
-from workflows.plan import FailoverRequest
-from workflows.switchover import start_failback
+from workflows import trigger
+from workflows.failover import FAILOVER
+from workflows.plan import FailoverRequest, MoveRequest
+from workflows.switchover import FAILBACK
 
 
 def test_full_cycle_ends_as_it_began_and_never_has_two_masters(make_cluster, watch_masters):
@@ -17,7 +19,7 @@ def test_full_cycle_ends_as_it_began_and_never_has_two_masters(make_cluster, wat
     with watch_masters(c) as watch:
         c.backup()
         c.local.kill("srv1")
-        started = start_failover(c.engine, FailoverRequest(server="srv1", to="bcs1"), "test")
+        started = trigger.run(c.engine, FAILOVER, FailoverRequest(server="srv1", to="bcs1"), "test")
         assert c.wait(started.run_id)["state"] == "succeeded"
         assert c.authority() == Designation("bcs1", 2)
 
@@ -34,7 +36,7 @@ def test_full_cycle_ends_as_it_began_and_never_has_two_masters(make_cluster, wat
         assert c.digest("srv1") == c.digest("bcs1")
         reclaimed_at = time.time()
 
-        run_id, _ = start_failback(c.engine, "srv1", "test", "home again")
+        run_id = trigger.run(c.engine, FAILBACK, MoveRequest("srv1"), "test", "home again").run_id
         run = c.wait(run_id)
         assert run["state"] == "succeeded", run["error"]
         done = time.time()

@@ -1,3 +1,4 @@
+
 """Failover and restart-check on real Redis, real node workers and real COSprint."""
 
 from __future__ import annotations
@@ -19,7 +20,8 @@ from cosprint import tables
 from cosprint.designation import Designation
 from cosprint.snapshot import import_snapshot
 from workers.local import pid_alive
-from workflows.failover import start_failover
+from workflows import trigger
+from workflows.failover import FAILOVER
 from workflows.plan import FailoverRequest
 
 
@@ -28,7 +30,7 @@ def test_failover_moves_every_object_and_clients_print_on_the_bcs(make_cluster):
     c.backup()
     before = c.hosted("srv1")["srv1"]
     c.local.kill("srv1")
-    started = start_failover(c.engine, FailoverRequest(server="srv1", to="bcs1"), "test")
+    started = trigger.run(c.engine, FAILOVER, FailoverRequest(server="srv1", to="bcs1"), "test")
     run = c.wait(started.run_id)
     assert run["state"] == "succeeded", run["error"]
     for node in ("bcs1", "cl1", "cl2", "cl3"):
@@ -122,7 +124,7 @@ def test_each_coverage_moves_only_the_failed_servers_objects_to_its_own_bcs(make
     assert set(own) == {"srv1", "srv2"}
     c.local.kill("srv2")  # not the master
 
-    started = start_failover(c.engine, FailoverRequest(server="srv2", best=True), "test")
+    started = trigger.run(c.engine, FAILOVER, FailoverRequest(server="srv2", best=True), "test")
     plan = started.plan
     assert (plan.bcs, plan.master_after, plan.restore) == ("bcs2", "srv1", [])
     run = c.wait(started.run_id)
@@ -145,7 +147,7 @@ def test_each_coverage_moves_only_the_failed_servers_objects_to_its_own_bcs(make
     # Then the master dies, before any newer backup: bcs1 restores the epoch-1 snapshot,
     # which predates srv2's failover; that move is replayed, not undone.
     c.local.kill("srv1")
-    started = start_failover(c.engine, FailoverRequest(server="srv1", best=True), "test")
+    started = trigger.run(c.engine, FAILOVER, FailoverRequest(server="srv1", best=True), "test")
     assert started.plan.bcs == "bcs1" and started.plan.replay == [("srv2", "bcs2")]
     run = c.wait(started.run_id)
     assert run["state"] == "succeeded", run["error"]
@@ -188,14 +190,14 @@ def test_dry_run_and_a_vetoing_hook_change_nothing(make_cluster):
     newest = c.ledger.catalog("bcs1")[0]["file"]
     before_ledger, before_homes = ledger_rows(c), homes_digest(c)
 
-    # --force against a live server: the plan fences it, the dry run must not
+    # --force against a live server: the plan stops it for good, the dry run must not
     r = c.cli("failover", "srv1", "--to", "bcs1", "--dry-run", "--force", "--json")
     assert r.returncode == 0, r.stderr
     doc = json.loads(r.stdout)
     assert doc["run_id"] is None
     plan = doc["plan"]
-    assert (plan["server"], plan["bcs"], plan["snapshot"], plan["fence"]) == \
-        ("srv1", "bcs1", newest, True)
+    assert (plan["server"], plan["bcs"], plan["snapshot"]) == ("srv1", "bcs1", newest)
+    assert "srv1" in plan["stop"] and "srv1" not in plan["start"]
     assert (plan["epoch_before"], plan["epoch_after"]) == (1, 2)
     assert plan["moving"] == c.hosted("srv1")["srv1"]
     assert ledger_rows(c) == before_ledger
@@ -213,7 +215,8 @@ def test_dry_run_and_a_vetoing_hook_change_nothing(make_cluster):
     assert "vetoed the failover: no way" in answer.json()["detail"]
     vetoed = c.ledger.runs(workflow="failover")
     assert len(vetoed) == 2
-    assert {(r["state"], r["reason"]) for r in vetoed} == {("refused", "vetoed: no way")}
+    assert {(r["state"], r["reason"]) for r in vetoed} == {
+        ("refused", "pre_failover hook vetoed the failover: no way")}
     assert {r["triggered_by"] for r in vetoed} == {f"cli:{getpass.getuser()}", "api:token"}
     after = ledger_rows(c)
     new_runs = [r for r in after["runs"] if r not in before_ledger["runs"]]
@@ -248,7 +251,7 @@ def test_a_corrupt_newest_snapshot_is_refused_and_the_last_good_one_restored(mak
     note = next(n for n in plan["notes"] if n.startswith("newer snapshot(s) refused"))
     assert "restoring the last good one" in note and newest in note
 
-    started = start_failover(c.engine, FailoverRequest(server="srv1", to="bcs1"), "test")
+    started = trigger.run(c.engine, FAILOVER, FailoverRequest(server="srv1", to="bcs1"), "test")
     run = c.wait(started.run_id)
     assert run["state"] == "succeeded", run["error"]
     assert run["params"]["plan"]["snapshot"] == good
@@ -267,7 +270,7 @@ def test_restore_killed_mid_step_is_resumed_to_the_end_state_of_an_undisturbed_f
     c.backup()
     moving = c.hosted("srv1")["srv1"]
     c.local.kill("srv1")
-    started = start_failover(c.engine, FailoverRequest(server="srv1", to="bcs1"), "test")
+    started = trigger.run(c.engine, FAILOVER, FailoverRequest(server="srv1", to="bcs1"), "test")
     run_id = started.run_id
 
     def restore_state() -> str:
@@ -305,13 +308,12 @@ def test_restore_killed_mid_step_is_resumed_to_the_end_state_of_an_undisturbed_f
     assert points_at(c, "cl1") == ("slave", "bcs1", 2)
 
     # bcs1's returning worker held its restart-check back until the failover was done
-    (release,) = steps_named(c, run_id, "release_lock")
     check = poll(lambda: [x for x in c.ledger.runs(limit=100, workflow="restart-check")
-                          if x["params"]["node"] == "bcs1" and x["created_at"] > run["created_at"]
+                          if x["subject"] == "bcs1" and x["created_at"] > run["created_at"]
                           and x["state"] == "succeeded"], why="bcs1's restart-check")
     assert len(check) == 1
-    assert check[0]["created_at"] >= release.started_at
-    assert check[0]["params"]["decision"] == "current"
+    assert check[0]["created_at"] >= c.ledger.run(run_id)["finished_at"]
+    assert check[0]["params"]["plan"]["decision"] == "current"
 
 
 # ----- restart-check ------------------------------------------------------------------------------
@@ -331,7 +333,7 @@ def test_a_client_whose_worker_dies_mid_step_and_stays_away_is_skipped_not_waite
     c.local.kill("srv1")
     pid = c.worker_pid("cl1")
     failpoints.write_text("stop_cosprint@cl1:before\n")
-    started = start_failover(c.engine, FailoverRequest(server="srv1", to="bcs1"), "test")
+    started = trigger.run(c.engine, FAILOVER, FailoverRequest(server="srv1", to="bcs1"), "test")
     assert "cl1" in started.plan.stop
     run = c.wait(started.run_id)
     assert run["state"] == "succeeded", run["error"]
@@ -366,7 +368,7 @@ def test_restart_check_repoints_a_returning_client_and_leaves_the_failed_server_
     c.kill_worker("cl2")
     assert c.driver("cl2").stop()
     c.local.kill("srv1")
-    started = start_failover(c.engine, FailoverRequest(server="srv1", to="bcs1"), "test")
+    started = trigger.run(c.engine, FAILOVER, FailoverRequest(server="srv1", to="bcs1"), "test")
     assert started.plan.unreachable == ["cl2"]
     run = c.wait(started.run_id)
     assert run["state"] == "succeeded", run["error"]
@@ -375,12 +377,12 @@ def test_restart_check_repoints_a_returning_client_and_leaves_the_failed_server_
 
     def check_of(node: str, state: str) -> dict | None:  # type: ignore[type-arg]
         found = [x for x in c.ledger.runs(limit=100, workflow="restart-check")
-                 if x["params"]["node"] == node and x["created_at"] > run["finished_at"]]
+                 if x["subject"] == node and x["created_at"] > run["finished_at"]]
         return found[0] if found and found[0]["state"] == state else None
 
     c.restart_worker("cl2")
     back = poll(lambda: check_of("cl2", "succeeded"), why="cl2's restart-check")
-    assert back["params"]["decision"] == "refresh"
+    assert back["params"]["plan"]["decision"] == "refresh"
     assert c.digest("cl2") == c.digest("bcs1")
     assert cl2.read_designation() == cl2.read_last_running() == Designation("bcs1", 2)
     assert points_at(c, "cl2") == ("slave", "bcs1", 2)

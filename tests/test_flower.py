@@ -1,3 +1,4 @@
+
 """`cosfail flower` on real Redis and real workers: a failover's steps in Flower's task
 list, a failed step retried through Flower's own `async-apply`, and the Retry button in a
 real headless Chromium."""
@@ -16,7 +17,8 @@ import pytest
 from conftest import ARTIFACTS, Cluster, FlowerServer
 
 from cosprint.designation import Designation
-from workflows.failover import start_failover
+from workflows import trigger
+from workflows.failover import FAILOVER
 from workflows.plan import FailoverRequest
 
 RESTORE = "cosfail.failover.restore_snapshot"
@@ -48,7 +50,7 @@ def fail_at_restore(c: Cluster, tmp: Path) -> tuple[str, dict[Path, bytes]]:
     hook = json.dumps([sys.executable, str(script), str(area)])
     c.amend_domain(append=f"\n[hooks]\npre_failover = {hook}\n")  # read by the trigger
     c.local.kill("srv1")
-    started = start_failover(c.engine, FailoverRequest(server="srv1", to="bcs1"), "test")
+    started = trigger.run(c.engine, FAILOVER, FailoverRequest(server="srv1", to="bcs1"), "test")
     run = c.wait(started.run_id)
     assert run["state"] == "failed", run
     assert "restore_snapshot" in run["error"] and "no candidate snapshot verifies" in run["error"]

@@ -1,4 +1,4 @@
-"""The failover planner alone: pure functions over hand-built probe results, no I/O.
+"""Planners and stage lists alone: pure functions over hand-built probe results, no I/O.
 
 The domain: srv1 (master) and srv2; bcs1 covers both, bcs2 covers srv1, bcs3 covers
 srv2; two clients. Every node answers unless a test says otherwise.
@@ -6,20 +6,33 @@ srv2; two clients. Every node answers unless a test says otherwise.
 
 from __future__ import annotations
 
+from dataclasses import replace
 from pathlib import Path
+from typing import Any
 
 import pytest
 
 from cosprint.designation import Designation
 from cosprint.domain import Domain, parse_domain
+from workflows.backup import BackupPlan, backup_stages
+from workflows.engine import Do, short_name
+from workflows.failover import FAILOVER, failover_stages
 from workflows.plan import (
     FailoverPlan,
     FailoverRequest,
     NodeSeen,
+    ReclaimPlan,
     SnapshotSeen,
     choose_bcs,
+    plan_failback,
     plan_failover,
+    plan_reclaim,
+    plan_switchover,
 )
+from workflows.reclaim import RECLAIM, reclaim_stages
+from workflows.refusal import INVALID, REFUSED, Refusal
+from workflows.restart_check import RestartPlan, reclaim_first, restart_check_stages
+from workflows.switchover import FAILBACK, SWITCHOVER, failback_stages, switchover_stages
 
 NOW = 10_000.0
 STATE = Designation("srv1", 4)
@@ -74,7 +87,7 @@ def seen(dead: tuple[str, ...] = ("srv1",), snapshots: dict[str, list[SnapshotSe
 
 
 def plan(req: FailoverRequest, s: dict[str, NodeSeen] | None = None,
-         state: Designation = STATE) -> FailoverPlan | str:
+         state: Designation = STATE) -> FailoverPlan | Refusal:
     return plan_failover(DOMAIN, state, seen() if s is None else s, req, NOW)
 
 
@@ -92,7 +105,7 @@ def test_best_takes_the_covering_bcs_with_the_freshest_verified_snapshot():
     p = ok(FailoverRequest("srv1", best=True), s)
     assert (p.bcs, p.snapshot, p.restore) == ("bcs2", "b2.snap", ["b2.snap"])
     assert p.snapshot_age == pytest.approx(30)
-    assert choose_bcs(DOMAIN, FailoverRequest("srv1", best=True), s, True) == ("bcs2", None)
+    assert choose_bcs(DOMAIN, FailoverRequest("srv1", best=True), s, True) == "bcs2"
 
 
 def test_best_skips_a_bcs_whose_worker_is_down_even_with_the_freshest_snapshot():
@@ -126,7 +139,6 @@ def test_master_failover_plan_restores_the_newest_snapshot_and_moves_the_servers
     assert p.moving == HOSTED["srv1"]
     assert p.snapshot == "b1.snap" and p.snapshot_age == pytest.approx(60)
     assert p.refused_snapshots == [] and p.notes == []
-    assert p.fence is False  # srv1 answers nothing
     assert "srv1" not in p.stop and "srv1" not in p.start
     assert sorted(p.start) == sorted(n for n in DOMAIN.names() if n != "srv1")
     assert p.probe_queue == "q-srv1-1"
@@ -190,9 +202,8 @@ def test_unreachable_nodes_are_listed_and_left_out_of_stop_and_start():
     assert any("bcs2, cl2" in n and "re-point when they return" in n for n in p.notes)
 
 
-def test_a_forced_failover_of_a_live_server_fences_and_stops_it_but_never_restarts_it():
+def test_a_forced_failover_of_a_live_server_stops_it_but_never_restarts_it():
     p = ok(FailoverRequest("srv1", to="bcs1", force=True), seen(dead=()))
-    assert p.fence is True
     assert "srv1" in p.stop and "srv1" not in p.start and p.unreachable == []
 
 
@@ -245,5 +256,156 @@ REFUSALS = [
 @pytest.mark.parametrize("req,s,reason", [r[1:] for r in REFUSALS], ids=[r[0] for r in REFUSALS])
 def test_each_refusal_is_a_reason_naming_the_problem(req, s, reason):
     got = plan(req, s)
-    assert isinstance(got, str), got
-    assert reason in got
+    assert isinstance(got, Refusal), got
+    assert reason in got.reason
+
+
+INVALID_INPUT = {"unknown server", "a client", "a bcs", "unknown target", "target a client",
+                 "target a server", "target not covering", "neither --to nor --best",
+                 "both --to and --best"}
+
+
+@pytest.mark.parametrize("name,req,s", [r[:3] for r in REFUSALS], ids=[r[0] for r in REFUSALS])
+def test_a_request_naming_what_cannot_be_is_invalid_and_the_rest_refused_by_the_domain(
+        name, req, s):
+    assert plan(req, s).code == (INVALID if name in INVALID_INPUT else REFUSED)
+
+
+# ----- planned moves and reclaim ----------------------------------------------------------------
+def test_a_switchover_of_the_live_master_loses_nothing_and_stops_every_node():
+    p = plan_switchover(DOMAIN, STATE, seen(dead=()), "srv1", "bcs2")
+    assert isinstance(p, FailoverPlan), p
+    assert (p.server, p.bcs, p.master_after, p.epoch_after) == ("srv1", "bcs2", "bcs2", 5)
+    assert p.snapshot is None and p.snapshot_age == 0.0 and p.restore == []
+    assert p.stop == p.start == [n for n in DOMAIN.names() if n != "srv1"]
+
+
+def failed_over_and_reclaimed() -> dict[str, NodeSeen]:
+    """srv1's objects on bcs1 (master at epoch 4), srv1 reclaimed: a slave of it."""
+    s = seen(dead=(), hosted={n: {"bcs1": 600, "srv2": 400} for n in DOMAIN.names()})
+    s["srv1"] = replace(s["srv1"], designation={"master": "bcs1", "epoch": 4})
+    return s
+
+
+def test_a_failback_moves_hosting_from_the_bcs_that_took_over_once_reclaimed():
+    s = failed_over_and_reclaimed()
+    state = Designation("bcs1", 4)
+    p = plan_failback(DOMAIN, state, s, "srv1", "bcs1", reclaim_needed=[])
+    assert isinstance(p, FailoverPlan), p
+    assert (p.server, p.bcs, p.master_after) == ("bcs1", "srv1", "srv1")
+    assert plan_failback(DOMAIN, state, s, "srv1", None, []).reason == \
+        "srv1 was never failed over: nothing to fail back"
+    assert plan_failback(DOMAIN, state, s, "srv1", "bcs1", ["srv1"]).reason.startswith(
+        "srv1 is not reclaimed yet")
+
+
+def test_a_reclaim_sets_the_stale_epoch_aside_and_refuses_a_current_server():
+    s = seen(dead=())
+    s["srv1"] = replace(s["srv1"], designation={"master": "srv1", "epoch": 3})
+    p = plan_reclaim(DOMAIN, Designation("bcs1", 4), s, "srv1", [])
+    assert p == ReclaimPlan(server="srv1", master="bcs1", epoch=4, obsolete_epoch=3)
+    s["srv1"] = replace(s["srv1"], designation={"master": "bcs1", "epoch": 4})
+    assert plan_reclaim(DOMAIN, Designation("bcs1", 4), s, "srv1", []).reason.startswith(
+        "srv1 is not stale")
+
+
+# ----- stages: each workflow's whole chain, from its plan, with nothing started ---------------
+RUN = "r1"
+AT = 1_000_000_000.0  # 2001-09-09T01:46:40Z
+OTHERS = ("bcs1", "bcs2", "bcs3", "cl1", "cl2", "srv2")
+
+
+def chain(stages: list[Any], run_epoch: int) -> list[tuple[str, str | tuple[str, ...], int]]:
+    """Each stage as (step, node or the fan-out's nodes, the epoch it is issued under)."""
+    return [(short_name(st.task), st.node if isinstance(st, Do) else tuple(sorted(st.inputs)),
+             run_epoch if st.epoch is None else st.epoch) for st in stages]
+
+
+def test_the_failover_chain_fences_stops_restores_rehosts_and_restarts_under_the_new_epoch():
+    p = ok(FailoverRequest("srv1", to="bcs1"))
+    stages = failover_stages(DOMAIN, p, RUN, AT)
+    assert chain(stages, FAILOVER.epoch(p)) == [
+        ("take_lock", "", 4), ("advance_epoch", "", 5), ("fence_server", "", 5),
+        ("stop_cosprint", OTHERS, 5), ("restore_snapshot", "bcs1", 5),
+        ("rehost_objects", "bcs1", 5), ("publish_tables", "bcs1", 5),
+        ("repoint_and_start", OTHERS, 5), ("verify", "", 5)]
+    advance = stages[1].input
+    assert (advance.server, advance.moved_from, advance.hosted_by) == ("srv1", "srv1", "bcs1")
+    assert stages[4].input.candidates == ["b1.snap"]
+    assert {i.file for i in stages[7].inputs.values()} == {stages[6].input.file}
+
+
+def test_a_failover_with_spool_and_replayed_moves_adds_those_steps_in_place():
+    s = seen(snapshots={"bcs1": [snap("e3.snap", 60, epoch=3)]})
+    p = plan_failover(DOMAIN, STATE, s, FailoverRequest("srv1", to="bcs1", with_spool=True),
+                      NOW, moves=[(4, "srv2", "bcs3")])
+    assert isinstance(p, FailoverPlan), p
+    steps = [(name, node) for name, node, _ in chain(failover_stages(DOMAIN, p, RUN, AT), 4)]
+    assert steps[3:8] == [("stop_cosprint", OTHERS), ("copy_spool", "bcs1"),
+                          ("restore_snapshot", "bcs1"), ("rehost_objects", "bcs1"),
+                          ("rehost_objects", "bcs1")]
+    assert [(st.input.old_host, st.input.new_host)
+            for st in failover_stages(DOMAIN, p, RUN, AT) if short_name(st.task) ==
+            "rehost_objects"] == [("srv2", "bcs3"), ("srv1", "bcs1")]
+
+
+def test_the_switchover_chain_ships_fresh_tables_then_reclaims_the_source():
+    p = plan_switchover(DOMAIN, STATE, seen(dead=()), "srv1", "bcs2")
+    stages = switchover_stages(DOMAIN, p, RUN, AT)
+    others = tuple(sorted(n for n in DOMAIN.names() if n != "srv1"))
+    assert chain(stages, SWITCHOVER.epoch(p)) == [
+        ("take_lock", "", 4), ("stop_cosprint", "srv1", 4), ("export_tables", "srv1", 4),
+        ("ship_snapshot", "bcs2", 4), ("verify_snapshot", "bcs2", 4),
+        ("advance_epoch", "", 5), ("stop_cosprint", others, 5),
+        ("restore_snapshot", "bcs2", 5), ("rehost_objects", "bcs2", 5),
+        ("publish_tables", "bcs2", 5), ("repoint_and_start", others, 5), ("verify", "", 5),
+        ("stop_cosprint", "srv1", 5), ("set_aside_data", "srv1", 5),
+        ("publish_tables", "bcs2", 5), ("refresh_tables", "srv1", 5),
+        ("start_cosprint", "srv1", 5), ("resend_set_aside_jobs", "srv1", 5),
+        ("verify", "", 5)]
+    fresh = stages[2].input.file
+    assert fresh == f"unit-e4-20010909T014640-{RUN}.snap"
+    assert stages[7].input.candidates == [fresh]
+    assert stages[13].input.epoch == 4  # srv1's obsolete data is set aside under epoch 4
+    assert SWITCHOVER.subject(p) == "srv1"
+
+
+def test_the_failback_chain_is_a_planned_move_whose_subject_is_the_server():
+    s = failed_over_and_reclaimed()
+    p = plan_failback(DOMAIN, Designation("bcs1", 4), s, "srv1", "bcs1", [])
+    stages = failback_stages(DOMAIN, p, RUN, AT)
+    assert [name for name, _, _ in chain(stages, 4)][:3] == \
+        ["take_lock", "stop_cosprint", "export_tables"]
+    advance = next(st.input for st in stages if short_name(st.task) == "advance_epoch")
+    assert (advance.server, advance.moved_from, advance.hosted_by) == ("srv1", "bcs1", "srv1")
+    assert FAILBACK.subject(p) == "srv1"
+
+
+def test_the_reclaim_chain_resets_the_server_from_the_master_and_starts_it_as_a_slave():
+    p = ReclaimPlan(server="srv1", master="bcs1", epoch=4, obsolete_epoch=3)
+    assert chain(reclaim_stages(DOMAIN, p, RUN, AT), RECLAIM.epoch(p)) == [
+        ("take_lock", "", 4), ("stop_cosprint", "srv1", 4), ("set_aside_data", "srv1", 4),
+        ("publish_tables", "bcs1", 4), ("refresh_tables", "srv1", 4),
+        ("start_cosprint", "srv1", 4), ("resend_set_aside_jobs", "srv1", 4),
+        ("verify", "", 4)]
+
+
+def test_the_backup_chain_exports_on_the_master_and_verifies_on_every_covering_bcs():
+    stages = backup_stages(DOMAIN, BackupPlan(master="srv1", epoch=4), RUN, AT)
+    assert chain(stages, 4) == [
+        ("export_tables", "srv1", 4), ("ship_snapshot", ("bcs1", "bcs2", "bcs3"), 4),
+        ("verify_snapshot", ("bcs1", "bcs2", "bcs3"), 4), ("record_backup", "", 4)]
+    assert stages[0].input.file == f"unit-e4-20010909T014640-{RUN}.snap"
+
+
+def test_the_restart_check_chain_only_starts_a_current_node_and_re_points_a_changed_one():
+    current = RestartPlan("cl1", "srv1", 4, "srv1@4", "srv1@4", "current")
+    assert chain(restart_check_stages(DOMAIN, current, RUN, AT), 4) == [
+        ("start_cosprint", "cl1", 4)]
+    changed = replace(current, master="bcs1", decision="refresh")
+    assert chain(restart_check_stages(DOMAIN, changed, RUN, AT), 4) == [
+        ("publish_tables", "bcs1", 4), ("refresh_tables", "cl1", 4),
+        ("start_cosprint", "cl1", 4)]
+    assert reclaim_first(DOMAIN, changed) is None
+    assert reclaim_first(DOMAIN, replace(changed, decision="reclaim")).reason.startswith(
+        "reclaim needed: cl1 was failed over")

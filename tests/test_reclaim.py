@@ -1,3 +1,4 @@
+
 """Reclaim, switchover and failback on a real domain: print jobs across a switchover,
 refusals that change nothing, auto reclaim turned off, and a reclaim whose node worker is
 SIGKILLed at each of its node's steps, then resumed (issue 5)."""
@@ -15,6 +16,7 @@ from collections import Counter
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -26,9 +28,12 @@ from cosprint import snapshot as snap
 from cosprint.errors import DriverError, SnapshotError
 from workers.local import pid_alive
 from workflows import ledger as L
-from workflows.failover import Refused, planning, start_failover
-from workflows.plan import FailoverRequest
-from workflows.reclaim import plan_reclaim_now, start_reclaim
+from workflows import trigger
+from workflows.backup import BACKUP, BackupRequest
+from workflows.failover import FAILOVER
+from workflows.plan import FailoverRequest, MoveRequest
+from workflows.reclaim import RECLAIM
+from workflows.refusal import Refused
 from workflows.status import reclaim_needed
 
 
@@ -48,7 +53,7 @@ def fail_over_srv1(c) -> None:  # type: ignore[no-untyped-def]
     """Backup, lose srv1 (worker and COSprint SIGKILLed), fail it over to bcs1."""
     c.backup()
     c.local.kill("srv1")
-    started = start_failover(c.engine, FailoverRequest(server="srv1", to="bcs1"), "test")
+    started = trigger.run(c.engine, FAILOVER, FailoverRequest(server="srv1", to="bcs1"), "test")
     run = c.wait(started.run_id)
     assert run["state"] == L.SUCCEEDED, run["error"]
 
@@ -345,11 +350,17 @@ def test_a_refusal_that_follows_a_hosting_change_recorded_since_the_lock_check_n
     who changed it (409 naming that run), not "srv1 is not stale"; a refusal with no
     change since stays a refusal, with its reason."""
     c = make_cluster(servers=1, bcs=1, clients=0, objects=50)
-    with pytest.raises(Refused, match="^srv1 is the master"), planning(c.engine):
-        plan_reclaim_now(c.engine, "srv1")
-    with pytest.raises(L.LockHeld) as held, planning(c.engine):
-        other = c.ledger.create_run("reclaim", {"server": "srv1"}, "other", "", [])
-        plan_reclaim_now(c.engine, "srv1")
+    with pytest.raises(Refused, match="^srv1 is the master"):
+        trigger.plan(c.engine, RECLAIM, MoveRequest("srv1"))
+    other: list[str] = []
+
+    def racing_reclaim(eng, req):  # type: ignore[no-untyped-def]
+        other.append(c.ledger.create_run("reclaim", {"server": "srv1"}, "other", "", []))
+        return RECLAIM.plan(eng, req)
+
+    with pytest.raises(L.LockHeld) as held:
+        trigger.plan(c.engine, replace(RECLAIM, plan=racing_reclaim), MoveRequest("srv1"))
+    (other,) = other
     assert held.value.holder == other
     assert other in str(held.value)
 
@@ -405,6 +416,49 @@ def test_refusals_change_nothing_and_without_auto_reclaim_srv1_waits_for_the_ope
     assert_all_refused(c, {("reclaim", "srv1"): "srv1 is not stale (its designation is at "
                                                 "epoch 2, like the domain's)"})
     assert fingerprint(c) == before
+
+
+def beat_while_a_backup_runs(c, times: int) -> None:  # type: ignore[no-untyped-def]
+    """`times` scheduled backups, each refused by the real trigger because a backup holds
+    the lock: rows in the ledger as a day of beat leaves them, in seconds."""
+    holder = L.new_run_id()
+    c.ledger.acquire(L.BACKUP_LOCK, holder, "test", 600)
+    try:
+        for _ in range(times):
+            started = trigger.run(c.engine, BACKUP, BackupRequest(), "beat", "scheduled")
+            assert started.state == L.SKIPPED
+    finally:
+        c.ledger.release(L.BACKUP_LOCK, holder)
+
+
+# Every scan of recent runs the ledger ever served held at most 1000 of them.
+MORE_RUNS_THAN_ANY_SCAN = 1100
+
+
+def test_failback_and_reclaim_due_survive_a_day_of_backups_after_the_failover(make_cluster):
+    """Who hosts a failed-over server, and that it waits for reclaim, are facts of the
+    ledger: more backup runs after the failover than any window of recent runs holds
+    change neither what status shows nor whether reclaim and failback may run."""
+    c = cluster(make_cluster, "day", {"auto_reclaim": False}, servers=1, bcs=1, clients=1)
+    objects = c.hosted("srv1")["srv1"]
+    fail_over_srv1(c)
+    bring_srv1_back(c, cosprint_first=False)
+    beat_while_a_backup_runs(c, MORE_RUNS_THAN_ANY_SCAN)
+
+    st = json.loads(c.cli("status", "--json", check=True).stdout)
+    assert st["reclaim_needed"] == ["srv1"], st
+    assert c.ledger.hosted_by("srv1") == "bcs1"
+    done = c.cli("reclaim", "srv1", "--wait")
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+
+    beat_while_a_backup_runs(c, MORE_RUNS_THAN_ANY_SCAN)
+    done = c.cli("failback", "srv1", "--yes", "--wait")
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    assert (str(c.authority()), c.hosted("srv1")) == ("srv1@3", {"srv1": objects})
+    assert [(h["server"], h["moved_from"], h["hosted_by"], h["epoch"])
+            for h in c.ledger.hosting_history()] == [("srv1", "srv1", "bcs1", 2),
+                                                     ("srv1", "bcs1", "srv1", 3)]
+    assert c.ledger.hosted_by("srv1") is None
 
 
 # ----- a reclaim whose node worker is SIGKILLed, then resumed --------------------------------
@@ -503,7 +557,8 @@ def back_to_returned(c, keep: Path) -> None:  # type: ignore[no-untyped-def]
 
 def interrupt_and_resume(c, step: str, when: str, expected: dict[str, Any]) -> dict[str, Any]:  # type: ignore[no-untyped-def]
     """One kill point, reported as one dict (its own failures included)."""
-    run_id, _ = start_reclaim(c.engine, "srv1", "test", f"killed at {step} {when}")
+    run_id = trigger.run(c.engine, RECLAIM, MoveRequest("srv1"), "test",
+                         f"killed at {step} {when}").run_id
     result: dict[str, Any] = {"kill point": f"{step}/{when}", "run": run_id}
     try:
         result["killed while"] = freeze_and_kill(c, run_id, step, when)

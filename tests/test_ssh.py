@@ -1,3 +1,4 @@
+
 """Remote nodes over SSH, on a real OpenSSH sshd (127.0.0.1, keys made by the fixture).
 
 One machine plays several: two nodes whose `host` values differ ("localhost" and
@@ -27,10 +28,11 @@ from cosprint.errors import DomainFileError
 from cosprint.snapshot import import_snapshot, list_snapshots
 from workers import remote, transport
 from workers.steps import is_verified
-from workflows.backup import start_backup
-from workflows.failover import start_failover
+from workflows import trigger
+from workflows.backup import BACKUP, BackupRequest
+from workflows.failover import FAILOVER
 from workflows.plan import FailoverRequest
-from workflows.restart_check import start_restart_check
+from workflows.restart_check import RESTART_CHECK, CheckRequest
 
 WEIRD = "it's \"here\" $(touch pwned) `touch pwned`; touch pwned"
 
@@ -349,7 +351,8 @@ def test_a_backup_ships_over_sftp_to_a_remote_bcs_and_a_changed_key_stops_it(mak
     # The master's host now shows another key: the next backup is refused, nothing moves.
     other_key_known_hosts(sshd, kh)
     before_files = files_under(area.parent)
-    run_id, _ = start_backup(c.engine, "test", "after the host key changed")
+    run_id = trigger.run(c.engine, BACKUP, BackupRequest(), "test",
+                         "after the host key changed").run_id
     run = c.wait(run_id)
     assert run["state"] == "failed"
     assert "ship_snapshot" in run["error"] and "has changed" in run["error"], run["error"]
@@ -369,13 +372,14 @@ def test_fence_over_ssh_stops_a_running_cosprintd_of_the_failed_server(make_clus
     # Its COSprint started again by its worker: a fork of the worker's fork server, which
     # shares its command line; fencing must tell the two apart.
     c.driver("srv1").stop()
-    check = start_restart_check(c.engine, "srv1", "test", "restart through the worker")
-    assert check is not None and c.wait(check)["state"] == "succeeded"
+    check = trigger.run(c.engine, RESTART_CHECK, CheckRequest("srv1"), "test",
+                        "restart through the worker").run_id
+    assert c.wait(check)["state"] == "succeeded"
     pid = c.driver("srv1").pid()
     assert pid is not None and Path(f"/proc/{pid}/comm").read_text() == "cosprintd\n"
     c.kill_worker("srv1")  # the worker is gone; its host still answers SSH
-    started = start_failover(c.engine, FailoverRequest(server="srv1", to="bcs1", force=True),
-                             "test")
+    started = trigger.run(c.engine, FAILOVER,
+                          FailoverRequest(server="srv1", to="bcs1", force=True), "test")
     run = c.wait(started.run_id)
     assert run["state"] == "succeeded", run["error"]
     fence = step_row(c, started.run_id, "fence_server")
@@ -398,7 +402,7 @@ def test_with_spool_moves_1000_pending_jobs_over_sftp_through_a_killed_transfer(
     big_part = bcs_spool / "zz-big-job.job.part"
     before = sshd.accepted()
 
-    started = start_failover(c.engine, FailoverRequest(server="srv1", to="bcs1",
+    started = trigger.run(c.engine, FAILOVER, FailoverRequest(server="srv1", to="bcs1",
                                                        with_spool=True), "test")
     # Kill the SFTP session in the middle of the big job's copy, the last one.
     deadline = time.time() + 60

@@ -1,3 +1,4 @@
+
 """`cosfail status --json` and `/metrics` tell the truth in every phase."""
 
 from __future__ import annotations
@@ -9,7 +10,8 @@ import httpx
 from prometheus_client.parser import text_string_to_metric_families
 
 from api.app import read_token
-from workflows.failover import start_failover
+from workflows import trigger
+from workflows.failover import FAILOVER
 from workflows.plan import FailoverRequest
 
 
@@ -60,7 +62,7 @@ def test_status_and_metrics_follow_each_phase(make_cluster):
     st = status(c)
     assert node(st, "srv1")["worker"] == "down" and node(st, "srv1")["cosprint"] == "down"
 
-    started = start_failover(c.engine, FailoverRequest(server="srv1", to="bcs1"), "test")
+    started = trigger.run(c.engine, FAILOVER, FailoverRequest(server="srv1", to="bcs1"), "test")
     run = c.wait(started.run_id)
     assert run["state"] == "succeeded"
     st = status(c)

@@ -37,8 +37,9 @@ def worker_log(c, node: str) -> str:  # type: ignore[no-untyped-def]
 def test_a_step_issued_under_an_older_epoch_is_refused_and_does_not_act(make_cluster):
     c = make_cluster(clients=1)
     before = c.driver("cl1").read_designation()
-    authority.advance(c.ledger.engine, c.domain.control.name, Designation("srv1", 1),
-                      Designation("srv1", 2))
+    with c.ledger.tx() as conn:
+        authority.advance(conn, c.domain.control.name, Designation("srv1", 1),
+                          Designation("srv1", 2))
     run_id = one_step_run(c, epoch=1)
     c.engine.launch(run_id)
     run = c.wait(run_id)

@@ -12,6 +12,7 @@ holder's run id.
 from __future__ import annotations
 
 import time
+from dataclasses import dataclass
 
 from cosprint.domain import Domain
 from workers.app import app
@@ -24,58 +25,51 @@ from workers.steps import (
     verify_snapshot,
 )
 from workflows import ledger as L
+from workflows import trigger
 from workflows.control import RecordBackup, record_backup
 from workflows.engine import Do, Each, Engine, Stage, engine
 from workflows.state import current_state
 
-WORKFLOW = "backup"
+
+@dataclass(frozen=True)
+class BackupRequest:
+    """A backup takes no arguments: it copies whatever the master holds now."""
 
 
-def snapshot_name(domain: str, epoch: int, run_id: str) -> str:
-    stamp = time.strftime("%Y%m%dT%H%M%S", time.gmtime())
+@dataclass(frozen=True)
+class BackupPlan:
+    master: str
+    epoch: int
+
+
+def snapshot_name(domain: str, epoch: int, run_id: str, at: float) -> str:
+    stamp = time.strftime("%Y%m%dT%H%M%S", time.gmtime(at))
     return f"{domain}-e{epoch}-{stamp}-{run_id}.snap"
 
 
-def backup_stages(domain: Domain, master: str, epoch: int, run_id: str) -> list[Stage]:
-    file = snapshot_name(domain.control.name, epoch, run_id)
+def backup_stages(domain: Domain, plan: BackupPlan, run_id: str, at: float) -> list[Stage]:
+    file = snapshot_name(domain.control.name, plan.epoch, run_id, at)
     bcss = [b for b in domain.names("bcs") if domain.covered_servers(b)]
     return [
-        Do(export_tables, ExportTables(file=file, epoch=epoch), node=master),
-        Each(ship_snapshot, {b: ShipSnapshot(file=file, source=master) for b in bcss}),
+        Do(export_tables, ExportTables(file=file, epoch=plan.epoch), node=plan.master),
+        Each(ship_snapshot, {b: ShipSnapshot(file=file, source=plan.master) for b in bcss}),
         Each(verify_snapshot, {b: VerifySnapshot(file=file) for b in bcss}),
-        Do(record_backup, RecordBackup(run_id=run_id, verify_idx=2)),
+        Do(record_backup, RecordBackup(run_id=run_id)),
     ]
 
 
-def start_backup(eng: Engine, who: str, why: str = "") -> tuple[str, str]:
-    """Record and launch a backup run; returns (run_id, state) — state is `skipped`
-    when another backup or a hosting change holds its lock."""
+def plan_backup(eng: Engine, _req: BackupRequest) -> BackupPlan:
     state = current_state(eng)
-    run_id = L.new_run_id()
-    params = {"master": state.master, "epoch": state.epoch}
-    try:
-        hosting = eng.ledger.holder(L.HOSTING_LOCK)
-        if hosting:
-            raise L.LockHeld(L.HOSTING_LOCK, hosting)
-        eng.ledger.acquire(L.BACKUP_LOCK, run_id, who, eng.domain.control.lock_lease)
-    except L.LockHeld as held:
-        what = "backup" if held.lock == L.BACKUP_LOCK else "hosting change"
-        eng.ledger.create_run(WORKFLOW, {**params, "holder": held.holder}, who,
-                              f"skipped: {what} run {held.holder} is still running",
-                              [], run_id=run_id, state=L.SKIPPED)
-        return run_id, L.SKIPPED
-    stages = backup_stages(eng.domain, state.master, state.epoch, run_id)
-    try:
-        eng.create(WORKFLOW, params, who, why, state.epoch, stages, run_id=run_id)
-        eng.launch(run_id)
-    except Exception:
-        eng.ledger.release(L.BACKUP_LOCK, run_id)
-        raise
-    return run_id, L.RUNNING
+    return BackupPlan(master=state.master, epoch=state.epoch)
+
+
+BACKUP = trigger.Workflow(
+    name="backup", plan=plan_backup, stages=backup_stages, subject=lambda _plan: None,
+    epoch=lambda plan: plan.epoch, lock=L.BACKUP_LOCK, skip_when_busy=True)
 
 
 @app.task(name="cosfail.backup.scheduled", ignore_result=True)
 def scheduled_backup() -> str:
     """What celery beat sends every `[control].backup_interval` seconds."""
-    run_id, state = start_backup(engine(), "beat", "scheduled")
-    return f"backup run {run_id}: {state}"
+    started = trigger.run(engine(), BACKUP, BackupRequest(), "beat", "scheduled")
+    return f"backup run {started.run_id}: {started.state}"

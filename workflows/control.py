@@ -13,6 +13,7 @@ from cosprint.drivers import driver_for
 from cosprint.errors import CosfailError
 from workers import remote
 from workers.step import Here, step
+from workers.steps import verify_snapshot
 from workflows import ledger as L
 from workflows.engine import engine
 
@@ -31,20 +32,9 @@ def take_lock(here: Here, arg: LockInput) -> str:
     return f"run {arg.run_id} holds the {arg.lock} lock"
 
 
-@step("control.release_lock", LockInput)
-def release_lock(here: Here, arg: LockInput) -> str:
-    """The run's last step. The journal frees the lock in the same transaction that
-    records the run's end, so no other run can start before this one has ended."""
-    holder = engine().ledger.holder(arg.lock)
-    if holder not in (None, arg.run_id):
-        raise CosfailError(f"the {arg.lock} lock is held by run {holder}, not {arg.run_id}")
-    return f"the {arg.lock} lock is released as run {arg.run_id} ends"
-
-
 @dataclass(frozen=True)
 class RecordBackup:
     run_id: str
-    verify_idx: int
 
 
 @step("control.record_backup", RecordBackup)
@@ -54,7 +44,7 @@ def record_backup(here: Here, arg: RecordBackup) -> str:
     led = engine().ledger
     recorded = []
     for s in led.steps(arg.run_id):
-        if s.idx != arg.verify_idx or not s.member or s.state != L.SUCCEEDED or not s.facts:
+        if s.task != verify_snapshot.name or s.state != L.SUCCEEDED or not s.facts:
             continue
         m = s.facts["manifest"]
         led.record_snapshot(
@@ -73,15 +63,29 @@ class AdvanceEpoch:
     expected_epoch: int
     master: str
     epoch: int
+    # The hosting change the new epoch is for: `server`'s objects move from
+    # `moved_from` to `hosted_by`. Empty in a run planned before the ledger kept a
+    # hosting history (schema 1): the upgrade filled it from succeeded runs.
+    server: str = ""
+    moved_from: str = ""
+    hosted_by: str = ""
 
 
 @step("failover.advance_epoch", AdvanceEpoch)
 def advance_epoch(here: Here, arg: AdvanceEpoch) -> str:
-    """The domain's new epoch: from here on, anything issued under the old one is stale."""
-    new = authority.advance(
-        engine().ledger.engine, here.domain.control.name,
-        Designation(arg.expected_master, arg.expected_epoch), Designation(arg.master, arg.epoch))
-    return f"domain epoch is now {new.epoch}, master {new.master}"
+    """The domain's new epoch: from here on, anything issued under the old one is stale.
+    The hosting history records the change in the same transaction: whoever sees the
+    new epoch sees who hosts what under it."""
+    led = engine().ledger
+    with led.tx() as conn:
+        new = authority.advance(conn, here.domain.control.name,
+                                Designation(arg.expected_master, arg.expected_epoch),
+                                Designation(arg.master, arg.epoch))
+        if arg.server:
+            led.record_hosting(conn, arg.epoch, arg.server, arg.moved_from, arg.hosted_by,
+                               here.run_id)
+    return (f"domain epoch is now {new.epoch}, master {new.master}; {arg.server}'s "
+            f"objects are hosted by {arg.hosted_by}")
 
 
 @dataclass(frozen=True)

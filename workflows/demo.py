@@ -1,3 +1,4 @@
+
 """The one-command demonstration: a domain on this machine, saved from losing its master.
 
 init a domain (2 servers, 1 BCS, 3 clients) → start it → back up → a steady stream of
@@ -30,12 +31,13 @@ from cosprint.errors import DriverError
 from workers.app import configure
 from workers.local import LocalDomain
 from workflows import ledger as L
-from workflows.backup import start_backup
+from workflows import trigger
+from workflows.backup import BACKUP, BackupRequest
 from workflows.engine import Engine
-from workflows.failover import start_failover
-from workflows.plan import FailoverRequest
+from workflows.failover import FAILOVER
+from workflows.plan import FailoverRequest, MoveRequest
 from workflows.state import current_state
-from workflows.switchover import start_failback
+from workflows.switchover import FAILBACK
 
 Say = Callable[[str], None]
 RunShown = Callable[[Engine, str], dict[str, Any]]
@@ -187,7 +189,7 @@ def run_demo(say: Say, show_run: RunShown, directory: Path | None = None,
             return run
 
         say("backing up the master's tables to the BCS")
-        step(start_backup(eng, "demo", "before trouble")[0])
+        step(trigger.run(eng, BACKUP, BackupRequest(), "demo", "before trouble").run_id)
 
         srv1_queues = queues_of(domain, "cl1", "srv1")
         stream = JobStream(domain, domain.names("client"),
@@ -203,8 +205,8 @@ def run_demo(say: Say, show_run: RunShown, directory: Path | None = None,
         time.sleep(1)
 
         say("failing srv1 over to the best BCS")
-        started = start_failover(eng, FailoverRequest(server="srv1", best=True), "demo",
-                                 "srv1 died")
+        started = trigger.run(eng, FAILOVER, FailoverRequest(server="srv1", best=True), "demo",
+                              "srv1 died")
         say(started.plan.summary())
         step(started.run_id or "")
         back = _first_accepted_after(stream, srv1_queues, killed)
@@ -219,7 +221,8 @@ def run_demo(say: Say, show_run: RunShown, directory: Path | None = None,
         step(reclaim)
 
         say("failing back: srv1 hosts its objects again")
-        run_id, _ = start_failback(eng, "srv1", "demo", "srv1 is healthy again")
+        run_id = trigger.run(eng, FAILBACK, MoveRequest("srv1"), "demo",
+                             "srv1 is healthy again").run_id
         step(run_id or "")
         time.sleep(2)
     finally:

@@ -15,10 +15,10 @@ travels through the same broker as ours, so it is a second observer, not a secon
 the COSprint check from the peer's host is the independent one.)
 
 Where `[detect].auto_failover` is on, a confirmed-down server is failed over to the BCS
-`--best` would choose, by the same `start_failover`, triggered by `auto`, unless a
+`--best` would choose, by the same trigger as the operator's, as `auto`, unless a
 guard stops it: a hosting change runs, `max_auto_per_hour` is reached, the newest
 verified snapshot is older than `max_data_loss`, no second node confirmed, no control
-worker answers (or the pre-failover hook vetoes, which `start_failover` records). Each
+worker answers (or the pre-failover hook vetoes, which the trigger records). Each
 refusal is a `refused` failover run in the ledger, with the reasons, recorded once per
 outage and set of guards; `cosfail status` shows it. A server that answers again before
 the failover starts cancels it; one that returns after is reclaim's (its objects are
@@ -286,9 +286,9 @@ def failover_command(domain: Domain, server: str, bcs: str) -> str:
 
 
 # ----- what the ledger says (status, metrics, and the detector's inputs) ---------------------
-def auto_failover_times(eng: Any) -> list[float]:
-    """When each automatic failover that was not refused started."""
-    return [r["created_at"] for r in eng.ledger.runs(limit=200, workflow="failover")
+def auto_failover_times(eng: Any, now: float) -> list[float]:
+    """When each automatic failover of the last hour that was not refused started."""
+    return [r["created_at"] for r in eng.ledger.runs_since(now - HOUR, "failover")
             if r["triggered_by"] == "auto" and r["state"] != L.REFUSED]
 
 
@@ -301,17 +301,16 @@ def newest_snapshot_age(eng: Any, server: str, now: float) -> float | None:
 
 
 def auto_runs_since(eng: Any, server: str, since: float) -> list[dict[str, Any]]:
-    return [r for r in eng.ledger.runs(limit=200, workflow="failover")
-            if r["triggered_by"] == "auto" and r["created_at"] >= since
-            and r["params"].get("request", {}).get("server") == server]
+    return [r for r in eng.ledger.runs_since(since, "failover", subject=server)
+            if r["triggered_by"] == "auto"]
 
 
 def report(eng: Any, seen: dict[str, Any], now: float) -> dict[str, Any]:
     """The detector's part of `cosfail status`: each node's liveness, the detector
     itself, and for each down server, the recommendation (the BCS `--best` chooses, the
     snapshot's age, the exact command) and what the automatic failover did."""
-    from workflows.failover import hosting_moves
     from workflows.plan import FailoverRequest, plan_failover
+    from workflows.refusal import Refusal
     from workflows.state import current_state
 
     cfg = eng.domain.spec.detect
@@ -336,7 +335,7 @@ def report(eng: Any, seen: dict[str, Any], now: float) -> dict[str, Any]:
         if r["state"] != DOWN or eng.domain.nodes.get(node) is None \
                 or eng.domain.node(node).role != "server":
             continue
-        moves = moves if moves is not None else hosting_moves(eng)
+        moves = moves if moves is not None else eng.ledger.hosting_moves()
         start = r["unreachable_since"] or r["at"]
         rec: dict[str, Any] = {
             "server": node, "down_since": r["at"], "unreachable_since": start,
@@ -345,13 +344,14 @@ def report(eng: Any, seen: dict[str, Any], now: float) -> dict[str, Any]:
             "command": None, "refused": None,
         }
         handled = already_handled(node, Liveness(node, DOWN, r["at"], start),
-                                  eng.ledger.runs(limit=200, workflow="failover"), moves)
+                                  eng.ledger.runs_since(start, "failover", subject=node),
+                                  moves)
         plan = None if handled else plan_failover(
             eng.domain, state, seen, FailoverRequest(server=node, best=True), now, moves)
         if handled or plan is None:
             rec["refused"] = handled
-        elif isinstance(plan, str):
-            rec["refused"] = plan
+        elif isinstance(plan, Refusal):
+            rec["refused"] = plan.reason
         else:
             loss = (f"changes of the last {plan.snapshot_age:.0f} s (snapshot {plan.snapshot})"
                     if plan.snapshot else f"none: master {plan.master_after} is alive")
@@ -534,15 +534,18 @@ class Detector:
         self.retry_at.pop(node, None)
 
     def consider_failover(self, server: str, liv: Liveness, now: float) -> None:
-        from workflows.failover import Refused, hosting_moves, start_failover
+        from workflows import trigger
+        from workflows.failover import FAILOVER
         from workflows.plan import FailoverRequest
+        from workflows.refusal import VETOED, Refused
         from workflows.state import current_state
 
         eng = self.eng
         if server in self.handled or now < self.retry_at.get(server, 0.0):
             return
-        failovers = eng.ledger.runs(limit=200, workflow="failover")
-        handled = already_handled(server, liv, failovers, hosting_moves(eng))
+        failovers = eng.ledger.runs_since(liv.unreachable_since or liv.since, "failover",
+                                          subject=server)
+        handled = already_handled(server, liv, failovers, eng.ledger.hosting_moves())
         if handled:
             log.info("no automatic failover of %s: %s", server, handled)
             self.handled.add(server)
@@ -550,7 +553,7 @@ class Detector:
         is_master = current_state(eng).master == server
         guards = auto_failover_guards(
             liv, now, self.cfg, eng.ledger.holder(L.HOSTING_LOCK),
-            auto_failover_times(eng), is_master, newest_snapshot_age(eng, server, now),
+            auto_failover_times(eng, now), is_master, newest_snapshot_age(eng, server, now),
             self.control_worker)
         req = FailoverRequest(server=server, best=True)
         if guards:
@@ -567,20 +570,21 @@ class Detector:
             return
         why = f"{server} down: {liv.note}"
         try:
-            plan = start_failover(eng, req, "auto", why, dry_run=True).plan
-            stale = data_loss_guard(is_master, plan.snapshot_age, self.cfg.max_data_loss)
+            planned = trigger.plan(eng, FAILOVER, req)
+            stale = data_loss_guard(is_master, planned.plan.snapshot_age,
+                                    self.cfg.max_data_loss)
             if stale:
                 self.refuse(server, req, [("snapshot", stale)])
                 return
-            started = start_failover(eng, req, "auto", why)
+            started = trigger.start(eng, planned, "auto", why)
         except L.LockHeld as exc:
             self.refuse(server, req, [("lock", f"a hosting change runs: {exc}")])
             return
         except Refused as exc:
             # Not tried again for a while: the hook or the plan would say the same.
             self.retry_at[server] = time.time() + RETRY_AFTER
-            if str(exc).startswith("pre_failover hook vetoed"):
-                self.refused[server] = ("veto",)  # start_failover recorded the run
+            if exc.refusal.code == VETOED:
+                self.refused[server] = ("veto",)  # the trigger recorded the run
                 log.warning("automatic failover of %s: %s", server, exc)
             else:
                 self.refuse(server, req, [("plan", str(exc))])
@@ -599,7 +603,8 @@ class Detector:
         self.eng.ledger.create_run(
             "failover", {"request": asdict(req), "auto": True,
                          "guards": [{"kind": k, "reason": r} for k, r in guards]},
-            "auto", f"automatic failover refused: {text}", [], state=L.REFUSED)
+            "auto", f"automatic failover refused: {text}", [], state=L.REFUSED,
+            subject=server)
         log.warning("automatic failover of %s refused: %s", server, text)
 
     # ----- the loop -----------------------------------------------------------------------------

@@ -106,10 +106,12 @@ class Engine:
 
     # ----- starting ------------------------------------------------------------------
     def create(self, workflow: str, params: dict[str, Any], who: str, why: str,
-               epoch: int, stages: list[Stage], run_id: str | None = None) -> str:
+               epoch: int, stages: list[Stage], run_id: str | None = None,
+               subject: str | None = None) -> str:
         run_id = run_id or L.new_run_id()
         rows = plan_rows(run_id, workflow, epoch, stages)
-        return self.ledger.create_run(workflow, params, who, why, rows, run_id=run_id)
+        return self.ledger.create_run(workflow, params, who, why, rows, run_id=run_id,
+                                      subject=subject)
 
     def launch(self, run_id: str, from_idx: int = 0, launch: int | None = None) -> None:
         """Send the chain of every stage from `from_idx` whose steps are not all done."""

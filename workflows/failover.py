@@ -1,24 +1,22 @@
 """Failover: a dead server's objects, hosted from now on by a BCS.
 
-Read top to bottom, this is the chain (DESIGN section 2): the trigger plans and runs the
-preflight synchronously, so a refusal is an immediate answer and changes nothing; then
-take the domain lock → new epoch → fence the failed server → stop COSprint everywhere
-→ (with_spool: copy its pending spool files to the BCS) → restore the snapshot on the
-BCS → rehost → publish the master's tables → on each node, restart-check (it writes the
-designation, re-points the node's tables) then start COSprint → verify → release.
+Read top to bottom, `failover_stages` is the chain (docs/architecture.md §2): take the
+domain lock → new epoch, recording who hosts the server's objects → fence the failed
+server → stop COSprint everywhere → (with_spool: copy its pending spool files to the
+BCS) → restore the snapshot on the BCS → rehost → publish the master's tables → on each
+node, restart-check (it writes the designation, re-points the node's tables) then start
+COSprint → verify → (the operator's post-failover hook). The journal frees the lock as
+it records the run's end. The trigger plans and runs the preflight synchronously, so a
+refusal is an immediate answer and changes nothing.
 """
 
 from __future__ import annotations
 
 import subprocess
 import time
-from collections.abc import Iterator
-from contextlib import contextmanager
-from dataclasses import asdict, dataclass
-from typing import TypeVar
+from dataclasses import replace
 
 from cosprint.domain import Domain
-from cosprint.errors import CosfailError
 from workers.steps import (
     CopySpool,
     NoInput,
@@ -42,7 +40,6 @@ from workflows.control import (
     VerifyFailover,
     advance_epoch,
     fence_server,
-    release_lock,
     run_hook,
     take_lock,
     verify_failover,
@@ -50,59 +47,48 @@ from workflows.control import (
 from workflows.engine import Do, Each, Engine, Stage
 from workflows.liveness import probe_all
 from workflows.plan import FailoverPlan, FailoverRequest, plan_failover
+from workflows.refusal import VETOED, Refusal
 from workflows.state import current_state
-
-WORKFLOW = "failover"
-
-
-class Refused(CosfailError):
-    """The trigger refuses: bad input, a failed preflight or a vetoing hook."""
-
-
-P = TypeVar("P")
-
-
-def accepted(plan: P | str) -> P:
-    """The plan a planner made, or Refused with the reason it gave instead."""
-    if isinstance(plan, str):
-        raise Refused(plan)
-    return plan
+from workflows.trigger import Workflow
 
 
 def tables_file(run_id: str, epoch: int) -> str:
     return f"tables-e{epoch}-{run_id}.snap"
 
 
+def issued_under(epoch: int, stages: list[Stage]) -> list[Stage]:
+    """The stages, each issued under `epoch`: nodes refuse them once the domain is past it."""
+    return [replace(st, epoch=epoch) for st in stages]
+
+
 def failover_stages(domain: Domain, plan: FailoverPlan, run_id: str,
-                    with_spool: bool = False) -> list[Stage]:
-    new = plan.epoch_after
-    hosting = LockInput(run_id=run_id, lock=L.HOSTING_LOCK)
+                    _at: float) -> list[Stage]:
     stages: list[Stage] = [
-        Do(take_lock, hosting),
-        *move_hosting(plan, tables_file(run_id, new), fence=True, spool=with_spool),
+        Do(take_lock, LockInput(run_id=run_id, lock=L.HOSTING_LOCK)),
+        *move_hosting(plan, plan.server, tables_file(run_id, plan.epoch_after), fence=True),
     ]
     if domain.spec.hooks.post_failover:
-        stages.append(Do(run_hook, RunHook(name="post_failover",
-                                           argv=domain.spec.hooks.post_failover), epoch=new))
-    stages.append(Do(release_lock, hosting, epoch=new))
+        stages += issued_under(plan.epoch_after, [
+            Do(run_hook, RunHook(name="post_failover", argv=domain.spec.hooks.post_failover))])
     return stages
 
 
-def move_hosting(plan: FailoverPlan, file: str, fence: bool,
-                 spool: bool = False) -> list[Stage]:
+def move_hosting(plan: FailoverPlan, owner: str, file: str, fence: bool) -> list[Stage]:
     """The core shared by failover, switchover and failback: from the new epoch to a
-    verified domain where `plan.bcs` hosts what `plan.server` hosted. With `spool`, the
-    BCS pulls the server's pending spool files once every COSprint is stopped."""
-    new = plan.epoch_after
+    verified domain where `plan.bcs` hosts what `plan.server` hosted, which are the
+    objects of server `owner`. With `plan.with_spool`, the BCS pulls the server's
+    pending spool files once every COSprint is stopped."""
     stages: list[Stage] = [
         Do(advance_epoch, AdvanceEpoch(expected_master=plan.master_before,
                                        expected_epoch=plan.epoch_before,
-                                       master=plan.master_after, epoch=new)),
+                                       master=plan.master_after, epoch=plan.epoch_after,
+                                       server=owner, moved_from=plan.server,
+                                       hosted_by=plan.bcs)),
     ]
     if fence:
         stages.append(Do(fence_server, FenceServer(server=plan.server)))
     stages.append(Each(stop_cosprint, {n: NoInput() for n in plan.stop}, required=False))
-    if spool:
+    if plan.with_spool:
         stages.append(Do(copy_spool, CopySpool(source=plan.server), node=plan.bcs))
     if plan.restore:
         stages.append(Do(restore_snapshot, RestoreSnapshot(candidates=plan.restore),
@@ -113,120 +99,25 @@ def move_hosting(plan: FailoverPlan, file: str, fence: bool,
     stages += [
         Do(rehost_objects, RehostObjects(old_host=plan.server, new_host=plan.bcs),
            node=plan.master_after),
-        Do(publish_tables, PublishTables(file=file, epoch=new), node=plan.master_after),
+        Do(publish_tables, PublishTables(file=file, epoch=plan.epoch_after),
+           node=plan.master_after),
         Each(repoint_and_start,
-             {n: RestartCheck(master=plan.master_after, epoch=new, file=file)
+             {n: RestartCheck(master=plan.master_after, epoch=plan.epoch_after, file=file)
               for n in plan.start}, required=False),
-        Do(verify_failover, VerifyFailover(master=plan.master_after, epoch=new,
+        Do(verify_failover, VerifyFailover(master=plan.master_after, epoch=plan.epoch_after,
                                            nodes=plan.start, probe_queue=plan.probe_queue)),
     ]
-    for st in stages:
-        st.epoch = new
-    return stages
+    return issued_under(plan.epoch_after, stages)
 
 
-@dataclass(frozen=True)
-class Started:
-    run_id: str | None  # None for a dry run
-    plan: FailoverPlan
+def plan_now(eng: Engine, req: FailoverRequest) -> FailoverPlan | Refusal:
+    """Probe the domain and plan."""
+    return plan_failover(eng.domain, current_state(eng), probe_all(eng.domain), req,
+                         time.time(), eng.ledger.hosting_moves())
 
 
-def plan_now(eng: Engine, req: FailoverRequest) -> FailoverPlan:
-    """Probe the domain and plan; raise Refused with the reason when it cannot be done."""
-    state = current_state(eng)
-    return accepted(plan_failover(eng.domain, state, probe_all(eng.domain), req, time.time(),
-                                  hosting_moves(eng)))
-
-
-HOSTING_MOVES = ("failover", "switchover", "failback")
-
-
-def hosting_moves(eng: Engine) -> list[tuple[int, str, str]]:
-    """(epoch, old host, new host) of every hosting move that succeeded, from the ledger."""
-    moves = []
-    for workflow in HOSTING_MOVES:
-        for run in eng.ledger.runs(limit=500, workflow=workflow):
-            plan = run["params"].get("plan") or {}
-            if run["state"] == L.SUCCEEDED and plan.get("bcs"):
-                moves.append((plan["epoch_after"], plan["server"], plan["bcs"]))
-    return moves
-
-
-def start_failover(eng: Engine, req: FailoverRequest, who: str, why: str = "",
-                   dry_run: bool = False) -> Started:
-    with planning(eng) as since:
-        plan = plan_now(eng, req)
-    if dry_run:
-        return Started(None, plan)
-    run_id = L.new_run_id()
-    params = {"request": asdict(req), "plan": asdict(plan)}
-    with hosting_change(eng, run_id, who, since):
-        # Vetted under the lock: what the hook approved is what runs.
-        veto = pre_hook_veto(eng.domain, plan)
-        if veto:
-            eng.ledger.create_run(WORKFLOW, params, who, f"vetoed: {veto}", [],
-                                  run_id=run_id, state=L.REFUSED)
-            raise Refused(f"pre_failover hook vetoed the failover: {veto}")
-        eng.create(WORKFLOW, params, who, why, plan.epoch_before,
-                   failover_stages(eng.domain, plan, run_id, with_spool=req.with_spool),
-                   run_id=run_id)
-        eng.launch(run_id)
-    return Started(run_id, plan)
-
-
-HOSTING_WORKFLOWS = (*HOSTING_MOVES, "reclaim")
-
-
-@contextmanager
-def planning(eng: Engine) -> Iterator[float]:
-    """Refuse at once while a hosting change holds the domain; else yield the time from
-    which the trigger's plan reads the domain (see `hosting_change`). A plan refused
-    because a hosting change recorded meanwhile moved the domain on (a reclaim that
-    already re-designated its server, say) is refused naming that change: the
-    operator is told who changed the domain, not a verdict on a state in flux."""
-    since = time.time()
-    holder = eng.ledger.holder(L.HOSTING_LOCK)
-    if holder:
-        raise L.LockHeld(L.HOSTING_LOCK, holder)
-    try:
-        yield since
-    except Refused:
-        changed = changed_since(eng, since)
-        if changed:
-            raise L.LockHeld(L.HOSTING_LOCK, changed) from None
-        raise
-
-
-def changed_since(eng: Engine, since: float) -> str | None:
-    """The newest hosting change recorded at or after `since`, if any."""
-    for workflow in HOSTING_WORKFLOWS:
-        newest = eng.ledger.runs(limit=1, workflow=workflow)
-        if newest and newest[0]["created_at"] >= since:
-            return str(newest[0]["id"])
-    return None
-
-
-@contextmanager
-def hosting_change(eng: Engine, run_id: str, who: str, since: float) -> Iterator[None]:
-    """The domain lock for a trigger that planned from `since` on, released if it
-    refuses or fails before its run is launched. A hosting change recorded after
-    `since` (even one already over) may have made the plan stale: the trigger is
-    refused naming that run, as if it had come while that run held the lock. Checked
-    before taking the lock, so that a holder another trigger is told of is one the
-    ledger will show; a whole run cannot fit between the check and the take."""
-    changed = changed_since(eng, since)
-    if changed:
-        raise L.LockHeld(L.HOSTING_LOCK, changed)
-    eng.ledger.acquire(L.HOSTING_LOCK, run_id, who, eng.domain.control.lock_lease)
-    try:
-        yield
-    except BaseException:
-        eng.ledger.release(L.HOSTING_LOCK, run_id)
-        raise
-
-
-def pre_hook_veto(domain: Domain, plan: FailoverPlan) -> str | None:
-    """Run the operator's pre-failover hook; its non-zero exit is a veto, returned."""
+def pre_hook_veto(domain: Domain, plan: FailoverPlan) -> Refusal | None:
+    """Run the operator's pre-failover hook; its non-zero exit is a veto."""
     argv = domain.spec.hooks.pre_failover
     if not argv:
         return None
@@ -235,4 +126,11 @@ def pre_hook_veto(domain: Domain, plan: FailoverPlan) -> str | None:
                           check=False)
     if done.returncode == 0:
         return None
-    return (done.stderr or done.stdout).strip()[:300] or f"exit {done.returncode}"
+    why = (done.stderr or done.stdout).strip()[:300] or f"exit {done.returncode}"
+    return Refusal(f"pre_failover hook vetoed the failover: {why}", VETOED)
+
+
+FAILOVER = Workflow(
+    name="failover", plan=plan_now, stages=failover_stages,
+    subject=lambda plan: plan.server, epoch=lambda plan: plan.epoch_before,
+    vet=pre_hook_veto)

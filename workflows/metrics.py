@@ -1,16 +1,38 @@
-"""Prometheus metrics, computed from the ledger at scrape time (the ledger is the record)."""
+"""Prometheus metrics, computed from the ledger at scrape time (the ledger is the record).
+
+Counts come from the database, over every run and step it holds: a count is never
+rebuilt from a window of recent runs, so it cannot go down when older runs leave it.
+"""
 
 from __future__ import annotations
 
 import time
 
-from prometheus_client import CollectorRegistry, Gauge, Histogram, generate_latest
+from prometheus_client import CollectorRegistry, Gauge, generate_latest
+from prometheus_client.core import HistogramMetricFamily
+from prometheus_client.registry import Collector
 
 from workflows import ledger as L
 from workflows.engine import Engine
 from workflows.state import current_state
 
 STEP_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60)
+
+
+class StepDurations(Collector):
+    """Every succeeded step's duration, as the ledger counts it."""
+
+    def __init__(self, eng: Engine) -> None:
+        self.eng = eng
+
+    def collect(self):  # type: ignore[no-untyped-def]
+        fam = HistogramMetricFamily("cosfail_step_duration_seconds", "Step durations",
+                                    labels=["workflow", "step"])
+        for (workflow, step), (within, total, count) in \
+                self.eng.ledger.step_durations(STEP_BUCKETS).items():
+            buckets = [(str(b), n) for b, n in zip(STEP_BUCKETS, within, strict=True)]
+            fam.add_metric([workflow, step], [*buckets, ("+Inf", count)], total)
+        yield fam
 
 
 def render(eng: Engine) -> str:
@@ -26,18 +48,11 @@ def render(eng: Engine) -> str:
             age.labels(bcs).set(now - cat[0]["created_at"])
     runs = Gauge("cosfail_runs", "Runs by workflow and state", ["workflow", "state"],
                  registry=reg)
-    steps = Histogram("cosfail_step_duration_seconds", "Step durations", ["workflow", "step"],
-                      buckets=STEP_BUCKETS, registry=reg)
+    for (wf, st), n in eng.ledger.run_counts().items():
+        runs.labels(wf, st).set(n)
     rto = Gauge("cosfail_last_failover_rto_seconds",
                 "Last successful failover, trigger to verified end state", registry=reg)
-    counts: dict[tuple[str, str], int] = {}
-    all_runs = eng.ledger.runs(limit=1000)
-    for r in all_runs:
-        counts[r["workflow"], r["state"]] = counts.get((r["workflow"], r["state"]), 0) + 1
-    for (wf, st), n in counts.items():
-        runs.labels(wf, st).set(n)
-    last_failover = next((r for r in all_runs if r["workflow"] == "failover"
-                          and r["state"] == L.SUCCEEDED), None)
+    last_failover = eng.ledger.newest_run("failover", L.SUCCEEDED)
     if last_failover:
         rto.set(last_failover["finished_at"] - last_failover["created_at"])
     # Liveness as the detector last recorded it (workflows/detect.py).
@@ -51,8 +66,5 @@ def render(eng: Engine) -> str:
     for node, r in live.items():
         if r["state"] == "down":
             down_since.labels(node).set(r["unreachable_since"] or r["at"])
-    for r in all_runs[:100]:
-        for s in eng.ledger.steps(r["id"]):
-            if s.started_at and s.finished_at and s.state == L.SUCCEEDED:
-                steps.labels(r["workflow"], s.name).observe(s.finished_at - s.started_at)
+    reg.register(StepDurations(eng))
     return generate_latest(reg).decode()

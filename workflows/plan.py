@@ -13,6 +13,7 @@ from typing import Any
 
 from cosprint.designation import Designation
 from cosprint.domain import Domain
+from workflows.refusal import Refusal, invalid
 
 
 @dataclass(frozen=True)
@@ -71,6 +72,14 @@ class FailoverRequest:
 
 
 @dataclass(frozen=True)
+class MoveRequest:
+    """A switchover of `server` to the BCS `to`; a failback or reclaim of `server`."""
+
+    server: str
+    to: str = ""
+
+
+@dataclass(frozen=True)
 class FailoverPlan:
     server: str
     bcs: str
@@ -86,12 +95,12 @@ class FailoverPlan:
     stop: list[str]  # nodes whose COSprint stops (workers alive)
     start: list[str]  # nodes re-pointed and started after
     unreachable: list[str]  # left out: they re-point themselves when they return
-    fence: bool  # the failed server still answers and must be fenced
     probe_queue: str  # a queue that moves: the verification job goes there
     notes: list[str]
     # Hosting moves (old host, new host) made after the restored snapshot was taken:
     # re-applied after the restore, so that restoring it undoes no earlier failover.
     replay: list[tuple[str, str]] = field(default_factory=list)
+    with_spool: bool = False  # the BCS also takes the server's pending spool files
 
     def summary(self) -> str:
         loss = (f"snapshot {self.snapshot}, {self.snapshot_age:.0f} s old"
@@ -105,19 +114,26 @@ def good_snapshots(seen: NodeSeen) -> list[SnapshotSeen]:
     return [s for s in seen.snapshots if s.ok]
 
 
+def not_a(domain: Domain, name: str, role: str) -> Refusal | None:
+    """Why `name` cannot be the `role` a request needs, or None."""
+    if name not in domain.nodes:
+        return invalid(f"unknown node {name!r} (known: {', '.join(domain.nodes)})")
+    if domain.node(name).role != role:
+        return invalid(f"{name} is a {domain.node(name).role}, not a {role}")
+    return None
+
+
 def choose_bcs(domain: Domain, req: FailoverRequest, seen: dict[str, NodeSeen],
-               needs_snapshot: bool) -> tuple[str | None, str | None]:
-    """(the BCS to fail over to, None) or (None, why none fits)."""
+               needs_snapshot: bool) -> str | Refusal:
+    """The BCS to fail over to, or why none fits."""
     covering = domain.covering_bcs(req.server)
     if req.to is not None:
-        if req.to not in domain.nodes:
-            return None, f"unknown node {req.to!r}"
-        role = domain.node(req.to).role
-        if role != "bcs":
-            return None, f"{req.to} is a {role}, not a bcs"
+        wrong = not_a(domain, req.to, "bcs")
+        if wrong:
+            return wrong
         if req.to not in covering:
-            return None, f"{req.to} does not cover {req.server} (covered by: "\
-                f"{', '.join(covering)})"
+            return invalid(f"{req.to} does not cover {req.server} (covered by: "
+                           f"{', '.join(covering)})")
         candidates = [req.to]
     else:
         candidates = covering
@@ -134,48 +150,46 @@ def choose_bcs(domain: Domain, req: FailoverRequest, seen: dict[str, NodeSeen],
         else:
             fit.append(s)
     if not fit:
-        return None, f"no bcs can take over {req.server}: {'; '.join(reasons)}"
+        return Refusal(f"no bcs can take over {req.server}: {'; '.join(reasons)}")
 
     def rank(s: NodeSeen) -> tuple[float, int]:
         newest = good_snapshots(s)[0].created_at if good_snapshots(s) else 0.0
         return (-newest, sum(v for h, v in s.hosted.items() if h == s.node))
 
-    return min(fit, key=rank).node, None
+    return min(fit, key=rank).node
 
 
 def plan_failover(domain: Domain, state: Designation, seen: dict[str, NodeSeen],
                   req: FailoverRequest, now: float,
-                  moves: Sequence[tuple[int, str, str]] = ()) -> FailoverPlan | str:
+                  moves: Sequence[tuple[int, str, str]] = ()) -> FailoverPlan | Refusal:
     """The plan, or the reason to refuse (nothing has changed either way).
 
     `moves`: (epoch, old host, new host) of every hosting move that succeeded (the
     ledger's failovers, switchovers, failbacks); those newer than the snapshot to be
     restored are replayed after it.
     """
-    if req.server not in domain.nodes:
-        return f"unknown node {req.server!r} (known: {', '.join(domain.nodes)})"
-    role = domain.node(req.server).role
-    if role != "server":
-        return f"{req.server} is a {role}, not a server"
+    wrong = not_a(domain, req.server, "server")
+    if wrong:
+        return wrong
     if (req.to is None) == (not req.best):
-        return "give exactly one of --to BCS or --best"
+        return invalid("give exactly one of --to BCS or --best")
     failed = seen.get(req.server, NodeSeen(req.server, worker=False))
     if failed.alive and not req.force:
         parts = (["worker up"] if failed.worker else []) + (
             [f"COSprint up as {failed.cosprint.get('role')}"] if failed.cosprint else [])
-        return (f"{req.server} is still alive ({', '.join(parts)}): "
-                "use --force to fail over a live server")
+        return Refusal(f"{req.server} is still alive ({', '.join(parts)}): "
+                       "use --force to fail over a live server")
     master_changes = state.master == req.server
-    bcs, why = choose_bcs(domain, req, seen, needs_snapshot=master_changes)
-    if bcs is None:
-        return why or "no bcs"
+    bcs = choose_bcs(domain, req, seen, needs_snapshot=master_changes)
+    if isinstance(bcs, Refusal):
+        return bcs
     target = seen[bcs]
     moving = target.hosted.get(req.server, 0)
     if target.hosted and moving == 0:
-        return f"{req.server} hosts no objects (already failed over?)"
+        return Refusal(f"{req.server} hosts no objects (already failed over?)")
     master_after = bcs if master_changes else state.master
     if not master_changes and not seen.get(state.master, NodeSeen("", False)).worker:
-        return f"master {state.master} does not answer: fail it over first"
+        return Refusal(f"master {state.master} does not answer: fail it over first")
     restore, snapshot, age, refused = [], None, None, []
     replay: list[tuple[str, str]] = []
     if master_changes:
@@ -204,29 +218,30 @@ def plan_failover(domain: Domain, state: Designation, seen: dict[str, NodeSeen],
         server=req.server, bcs=bcs, master_before=state.master, master_after=master_after,
         epoch_before=state.epoch, epoch_after=state.epoch + 1, restore=restore,
         snapshot=snapshot, snapshot_age=age, refused_snapshots=refused, moving=moving,
-        stop=stop, start=alive, unreachable=unreachable, fence=failed.alive,
+        stop=stop, start=alive, unreachable=unreachable,
         probe_queue=target.sample_queues.get(req.server, ""), notes=notes, replay=replay,
+        with_spool=req.with_spool,
     )
 
 
 # ----- planned moves: switchover, failback; and reclaim ------------------------------------
 def _planned_move(domain: Domain, state: Designation, seen: dict[str, NodeSeen],
-                  source: str, target: str) -> FailoverPlan | str:
+                  source: str, target: str) -> FailoverPlan | Refusal:
     """Hosting from a live `source` to `target`, with nothing lost: the source stops
     first, and the master's tables travel fresh, not from an older backup."""
     src = seen.get(source)
     if src is None or not src.worker:
-        return f"{source}'s worker does not answer: a planned move needs it alive " \
-            "(use failover for a dead server)"
+        return Refusal(f"{source}'s worker does not answer: a planned move needs it alive "
+                       "(use failover for a dead server)")
     tgt = seen.get(target)
     if tgt is None or not tgt.worker:
-        return f"{target}'s worker does not answer"
+        return Refusal(f"{target}'s worker does not answer")
     moving = tgt.hosted.get(source, 0) or src.hosted.get(source, 0)
     if moving == 0:
-        return f"{source} hosts no objects: nothing to move"
+        return Refusal(f"{source} hosts no objects: nothing to move")
     master_after = target if state.master == source else state.master
     if master_after != target and not (seen.get(master_after) and seen[master_after].worker):
-        return f"master {master_after} does not answer"
+        return Refusal(f"master {master_after} does not answer")
     others = [n for n in domain.names() if n not in (source,)]
     alive = [n for n in others if seen.get(n) and seen[n].worker]
     unreachable = [n for n in others if n not in alive]
@@ -236,36 +251,31 @@ def _planned_move(domain: Domain, state: Designation, seen: dict[str, NodeSeen],
         server=source, bcs=target, master_before=state.master, master_after=master_after,
         epoch_before=state.epoch, epoch_after=state.epoch + 1, restore=[], snapshot=None,
         snapshot_age=0.0 if state.master == source else None, refused_snapshots=[],
-        moving=moving, stop=alive, start=alive, unreachable=unreachable, fence=False,
+        moving=moving, stop=alive, start=alive, unreachable=unreachable,
         probe_queue=tgt.sample_queues.get(source, ""), notes=notes)
 
 
 def plan_switchover(domain: Domain, state: Designation, seen: dict[str, NodeSeen],
-                    server: str, to: str) -> FailoverPlan | str:
-    for name in (server, to):
-        if name not in domain.nodes:
-            return f"unknown node {name!r} (known: {', '.join(domain.nodes)})"
-    if domain.node(server).role != "server":
-        return f"{server} is a {domain.node(server).role}, not a server"
-    if domain.node(to).role != "bcs":
-        return f"{to} is a {domain.node(to).role}, not a bcs"
+                    server: str, to: str) -> FailoverPlan | Refusal:
+    wrong = not_a(domain, server, "server") or not_a(domain, to, "bcs")
+    if wrong:
+        return wrong
     if to not in domain.covering_bcs(server):
-        return f"{to} does not cover {server}"
+        return invalid(f"{to} does not cover {server}")
     return _planned_move(domain, state, seen, server, to)
 
 
 def plan_failback(domain: Domain, state: Designation, seen: dict[str, NodeSeen], server: str,
-                  took_over: str | None, reclaim_needed: list[str]) -> FailoverPlan | str:
+                  took_over: str | None, reclaim_needed: list[str]) -> FailoverPlan | Refusal:
     """Hosting back from the BCS that took `server` over, once `server` is reclaimed."""
-    if server not in domain.nodes:
-        return f"unknown node {server!r} (known: {', '.join(domain.nodes)})"
-    if domain.node(server).role != "server":
-        return f"{server} is a {domain.node(server).role}, not a server"
+    wrong = not_a(domain, server, "server")
+    if wrong:
+        return wrong
     if took_over is None:
-        return f"{server} was never failed over: nothing to fail back"
+        return Refusal(f"{server} was never failed over: nothing to fail back")
     me = seen.get(server)
     if server in reclaim_needed or me is None or me.epoch is None or me.epoch < state.epoch:
-        return f"{server} is not reclaimed yet: run `cosfail reclaim {server}` first"
+        return Refusal(f"{server} is not reclaimed yet: run `cosfail reclaim {server}` first")
     return _planned_move(domain, state, seen, took_over, server)
 
 
@@ -278,19 +288,19 @@ class ReclaimPlan:
 
 
 def plan_reclaim(domain: Domain, state: Designation, seen: dict[str, NodeSeen],
-                 server: str, reclaim_needed: list[str]) -> ReclaimPlan | str:
-    if server not in domain.nodes:
-        return f"unknown node {server!r} (known: {', '.join(domain.nodes)})"
-    if domain.node(server).role != "server":
-        return f"{server} is a {domain.node(server).role}, not a server"
+                 server: str, reclaim_needed: list[str]) -> ReclaimPlan | Refusal:
+    wrong = not_a(domain, server, "server")
+    if wrong:
+        return wrong
     if server == state.master:
-        return f"{server} is the master at epoch {state.epoch}: nothing to reclaim"
+        return Refusal(f"{server} is the master at epoch {state.epoch}: nothing to reclaim")
     me = seen.get(server)
     if me is None or not me.worker:
-        return f"{server}'s worker does not answer: start it (cosfail local revive) first"
+        return Refusal(f"{server}'s worker does not answer: start it (cosfail local revive) "
+                       "first")
     stale = server in reclaim_needed or me.epoch is None or me.epoch < state.epoch
     if not stale:
-        return (f"{server} is not stale (its designation is at epoch {me.epoch}, "
-                f"like the domain's): nothing to reclaim")
+        return Refusal(f"{server} is not stale (its designation is at epoch {me.epoch}, "
+                       f"like the domain's): nothing to reclaim")
     return ReclaimPlan(server=server, master=state.master, epoch=state.epoch,
                        obsolete_epoch=me.epoch or 0)

@@ -4,15 +4,13 @@ confirm it is stale (the trigger) → take the domain lock → make sure its COS
 stopped → set its obsolete data aside under var/reclaimed/<epoch>/ (never deleted) →
 the master publishes its tables → reset the node's tables from them, write its
 designation and last-running record → start COSprint (a slave now) → send the jobs it
-had accepted but not printed to their current hosts → verify it points at the master →
-release the lock.
+had accepted but not printed to their current hosts → verify it points at the master.
+The journal frees the lock as it records the run's end.
 """
 
 from __future__ import annotations
 
-import time
-from dataclasses import asdict
-
+from cosprint.domain import Domain
 from workers.steps import (
     NoInput,
     PublishTables,
@@ -27,19 +25,19 @@ from workers.steps import (
     stop_cosprint,
 )
 from workflows import ledger as L
-from workflows.control import LockInput, VerifyFailover, release_lock, take_lock, verify_failover
+from workflows.control import LockInput, VerifyFailover, take_lock, verify_failover
 from workflows.engine import Do, Engine, Stage
-from workflows.failover import accepted, hosting_change, planning, tables_file
+from workflows.failover import tables_file
 from workflows.liveness import probe_all
-from workflows.plan import ReclaimPlan, plan_reclaim
+from workflows.plan import MoveRequest, ReclaimPlan, plan_reclaim
+from workflows.refusal import Refusal
 from workflows.state import current_state
 from workflows.status import reclaim_needed
+from workflows.trigger import Workflow
 
-WORKFLOW = "reclaim"
 
-
-def reclaim_stages(plan: ReclaimPlan, file: str) -> list[Stage]:
-    """The node-level reclaim, without the lock: switchover and failback reuse it."""
+def reclaim_node(plan: ReclaimPlan, file: str) -> list[Stage]:
+    """The node-level reclaim, without the lock: switchover and failback end with it."""
     return [
         Do(stop_cosprint, NoInput(), node=plan.server),
         Do(set_aside_data, SetAside(epoch=plan.obsolete_epoch), node=plan.server),
@@ -53,28 +51,21 @@ def reclaim_stages(plan: ReclaimPlan, file: str) -> list[Stage]:
     ]
 
 
-def plan_reclaim_now(eng: Engine, server: str) -> ReclaimPlan:
-    state = current_state(eng)
+def reclaim_stages(_domain: Domain, plan: ReclaimPlan, run_id: str,
+                   _at: float) -> list[Stage]:
+    return [Do(take_lock, LockInput(run_id=run_id, lock=L.HOSTING_LOCK)),
+            *reclaim_node(plan, tables_file(run_id, plan.epoch))]
+
+
+def plan_reclaim_now(eng: Engine, req: MoveRequest) -> ReclaimPlan | Refusal:
     # A name that is no server is refused without a probe: probing it waited out the
     # probe's timeout and left a message in a broker queue named after the input.
-    is_server = server in eng.domain.nodes and eng.domain.node(server).role == "server"
-    seen = probe_all(eng.domain, [server]) if is_server else {}
-    return accepted(plan_reclaim(eng.domain, state, seen, server, reclaim_needed(eng)))
+    is_server = req.server in eng.domain.nodes \
+        and eng.domain.node(req.server).role == "server"
+    seen = probe_all(eng.domain, [req.server]) if is_server else {}
+    return plan_reclaim(eng.domain, current_state(eng), seen, req.server, reclaim_needed(eng))
 
 
-def start_reclaim(eng: Engine, server: str, who: str, why: str = "",
-                  dry_run: bool = False) -> tuple[str | None, ReclaimPlan]:
-    with planning(eng) as since:
-        plan = plan_reclaim_now(eng, server)
-    if dry_run:
-        return None, plan
-    run_id = L.new_run_id()
-    hosting = LockInput(run_id=run_id, lock=L.HOSTING_LOCK)
-    stages = [Do(take_lock, hosting),
-              *reclaim_stages(plan, tables_file(run_id, plan.epoch)),
-              Do(release_lock, hosting)]
-    with hosting_change(eng, run_id, who, since):
-        eng.create(WORKFLOW, {"server": server, "plan": asdict(plan), "at": time.time()},
-                   who, why, plan.epoch, stages, run_id=run_id)
-        eng.launch(run_id)
-    return run_id, plan
+RECLAIM = Workflow(
+    name="reclaim", plan=plan_reclaim_now, stages=reclaim_stages,
+    subject=lambda plan: plan.server, epoch=lambda plan: plan.epoch)

@@ -11,8 +11,10 @@ from __future__ import annotations
 
 import logging
 import time
+from dataclasses import dataclass
 
 from cosprint.designation import Designation
+from cosprint.domain import Domain
 from cosprint.drivers import driver_for
 from workers.steps import (
     NoInput,
@@ -25,10 +27,11 @@ from workers.steps import (
 from workflows import ledger as L
 from workflows.engine import Do, Engine, Stage
 from workflows.failover import tables_file
+from workflows.refusal import Refusal
 from workflows.state import current_state
+from workflows.trigger import Workflow
 
 log = logging.getLogger("cosfail.restart_check")
-WORKFLOW = "restart-check"
 
 
 def restart_decision(node: str, own: Designation | None, last: Designation | None,
@@ -42,16 +45,31 @@ def restart_decision(node: str, own: Designation | None, last: Designation | Non
     return "refresh"
 
 
-def restart_check_stages(node: str, state: Designation, run_id: str,
-                         current: bool) -> list[Stage]:
-    if current:
-        return [Do(start_cosprint, NoInput(), node=node)]
-    file = tables_file(run_id, state.epoch)
+@dataclass(frozen=True)
+class CheckRequest:
+    node: str
+
+
+@dataclass(frozen=True)
+class RestartPlan:
+    node: str
+    master: str
+    epoch: int
+    designation: str  # the node's own designation, as it read
+    last_running: str  # its last-running record
+    decision: str  # see `restart_decision`
+
+
+def restart_check_stages(_domain: Domain, plan: RestartPlan, run_id: str,
+                         _at: float) -> list[Stage]:
+    if plan.decision == "current":
+        return [Do(start_cosprint, NoInput(), node=plan.node)]
+    file = tables_file(run_id, plan.epoch)
     return [
-        Do(publish_tables, PublishTables(file=file, epoch=state.epoch), node=state.master),
-        Do(restart_check, RestartCheck(master=state.master, epoch=state.epoch, file=file),
-           node=node),
-        Do(start_cosprint, NoInput(), node=node),
+        Do(publish_tables, PublishTables(file=file, epoch=plan.epoch), node=plan.master),
+        Do(restart_check, RestartCheck(master=plan.master, epoch=plan.epoch, file=file),
+           node=plan.node),
+        Do(start_cosprint, NoInput(), node=plan.node),
     ]
 
 
@@ -71,37 +89,35 @@ def wait_for_hosting_change(eng: Engine, node: str) -> None:
         time.sleep(LOCK_POLL)
 
 
-def start_restart_check(eng: Engine, node: str, who: str, why: str) -> str | None:
-    """Create and launch a restart-check run for `node`; None when it must wait for a
-    reclaim instead (recorded as a refused run whose reason says so). Blocks while a
-    hosting change holds the domain lock (see `wait_for_hosting_change`)."""
-    wait_for_hosting_change(eng, node)
+def plan_restart_check(eng: Engine, req: CheckRequest) -> RestartPlan:
+    """What the node's files say against the authority. Blocks while a hosting change
+    holds the domain lock (see `wait_for_hosting_change`)."""
+    wait_for_hosting_change(eng, req.node)
     state = current_state(eng)
-    driver = driver_for(eng.domain, node)
+    driver = driver_for(eng.domain, req.node)
     own, last = driver.read_designation(), driver.read_last_running()
-    decision = restart_decision(node, own, last, state, failed_over_since(eng, node, own))
-    run_id = L.new_run_id()
-    params = {"node": node, "master": state.master, "epoch": state.epoch,
-              "designation": str(own), "last_running": str(last), "decision": decision}
-    if decision == "reclaim":
-        eng.ledger.create_run(WORKFLOW, params, who,
-                              f"reclaim needed: {node} was failed over; it stays stopped "
-                              f"until `cosfail reclaim {node}`", [], run_id=run_id,
-                              state=L.REFUSED)
+    return RestartPlan(node=req.node, master=state.master, epoch=state.epoch,
+                       designation=str(own), last_running=str(last),
+                       decision=restart_decision(req.node, own, last, state,
+                                                 failed_over_since(eng, req.node, own)))
+
+
+def reclaim_first(_domain: Domain, plan: RestartPlan) -> Refusal | None:
+    """A failed-over server is left stopped: recorded as a refused run saying so."""
+    if plan.decision != "reclaim":
         return None
-    eng.create(WORKFLOW, params, who, why, state.epoch,
-               restart_check_stages(node, state, run_id, decision == "current"),
-               run_id=run_id)
-    eng.launch(run_id)
-    return run_id
+    return Refusal(f"reclaim needed: {plan.node} was failed over; it stays stopped "
+                   f"until `cosfail reclaim {plan.node}`")
 
 
 def failed_over_since(eng: Engine, node: str, own: Designation | None) -> bool:
-    """Did a failover of `node` succeed after the epoch its designation names?"""
-    since = own.epoch if own else 0
-    for run in eng.ledger.runs(limit=100, workflow="failover"):
-        plan = run["params"].get("plan", {})
-        if (plan.get("server") == node and run["state"] == L.SUCCEEDED
-                and plan.get("epoch_after", 0) > since):
-            return True
-    return False
+    """Are `node`'s objects hosted elsewhere since after the epoch its designation names?"""
+    history = eng.ledger.hosting_history(node)
+    return bool(history) and history[-1]["hosted_by"] != node \
+        and history[-1]["epoch"] > (own.epoch if own else 0)
+
+
+RESTART_CHECK = Workflow(
+    name="restart-check", plan=plan_restart_check, stages=restart_check_stages,
+    subject=lambda plan: plan.node, epoch=lambda plan: plan.epoch, lock=None,
+    vet=reclaim_first)

@@ -41,9 +41,12 @@ def on_worker_start(domain: Domain, node: str | None) -> None:
 
 
 def _check_node(eng: Engine, node: str) -> None:
+    from workflows import trigger
     from workflows.liveness import probe_all
-    from workflows.reclaim import start_reclaim
-    from workflows.restart_check import start_restart_check
+    from workflows.plan import MoveRequest
+    from workflows.reclaim import RECLAIM
+    from workflows.refusal import Refused
+    from workflows.restart_check import RESTART_CHECK, CheckRequest
 
     # worker_ready comes just before the consumer takes messages: wait until this worker
     # answers its own probe, which reclaim's plan needs. Each probe is waited on for the
@@ -60,10 +63,15 @@ def _check_node(eng: Engine, node: str) -> None:
     while (holder := eng.ledger.holder(L.HOSTING_LOCK)) and time.time() < deadline:
         log.info("start-up check of %s waits for run %s to end", node, holder)
         time.sleep(1.0)
+    run_id = None
     try:
-        run_id = start_restart_check(eng, node, f"worker:{node}", "worker started")
-        if run_id is None and eng.domain.control.auto_reclaim:
-            run_id, _ = start_reclaim(eng, node, "auto", f"{node}'s worker returned")
+        try:
+            run_id = trigger.run(eng, RESTART_CHECK, CheckRequest(node), f"worker:{node}",
+                                 "worker started").run_id
+        except Refused:  # recorded: it waits for reclaim
+            if eng.domain.control.auto_reclaim:
+                run_id = trigger.run(eng, RECLAIM, MoveRequest(node), "auto",
+                                     f"{node}'s worker returned").run_id
     except Exception:  # never keep a worker from serving: the ledger says what happened
         log.exception("restart-check of %s could not start", node)
         return

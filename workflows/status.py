@@ -14,11 +14,7 @@ from workflows.state import current_state
 
 def reclaim_needed(eng: Engine) -> list[str]:
     """Servers whose last restart-check left them stopped for reclaim, not since reclaimed."""
-    latest: dict[str, dict[str, Any]] = {}
-    for run in reversed(eng.ledger.runs(limit=200)):
-        node = run["params"].get("node") or run["params"].get("server")
-        if node and run["workflow"] in ("restart-check", "reclaim"):
-            latest[node] = run
+    latest = eng.ledger.newest_by_subject(("restart-check", "reclaim"))
     return sorted(n for n, r in latest.items()
                   if r["workflow"] == "restart-check" and r["state"] == L.REFUSED)
 

@@ -3,14 +3,16 @@
 take the domain lock → stop COSprint on the source (it prints what it accepted) →
 [when the source is the master: export its tables fresh → ship to the target → verify]
 → the failover core (new epoch → stop COSprint everywhere → restore → rehost → publish
-→ designation → restart-check → start → verify) → reclaim the source as a slave →
-release the lock. Failback is the same move, from the BCS back to a reclaimed server.
+→ designation → restart-check → start → verify) → reclaim the source as a slave. The
+journal frees the lock as it records the run's end. Failback is the same move, from the
+BCS back to a reclaimed server.
 """
 
 from __future__ import annotations
 
-from dataclasses import asdict, replace
+from dataclasses import replace
 
+from cosprint.domain import Domain
 from workers.steps import (
     ExportTables,
     NoInput,
@@ -23,31 +25,29 @@ from workers.steps import (
 )
 from workflows import ledger as L
 from workflows.backup import snapshot_name
-from workflows.control import LockInput, release_lock, take_lock
+from workflows.control import LockInput, take_lock
 from workflows.engine import Do, Engine, Stage
-from workflows.failover import (
-    accepted,
-    hosting_change,
-    move_hosting,
-    planning,
-    tables_file,
-)
+from workflows.failover import issued_under, move_hosting, tables_file
 from workflows.liveness import probe_all
-from workflows.plan import FailoverPlan, ReclaimPlan, plan_failback, plan_switchover
-from workflows.reclaim import reclaim_stages
+from workflows.plan import FailoverPlan, MoveRequest, ReclaimPlan, plan_failback, plan_switchover
+from workflows.reclaim import reclaim_node
+from workflows.refusal import Refusal
 from workflows.state import current_state
 from workflows.status import reclaim_needed
+from workflows.trigger import Workflow
 
 
-def planned_move_stages(eng: Engine, plan: FailoverPlan, run_id: str) -> list[Stage]:
-    hosting = LockInput(run_id=run_id, lock=L.HOSTING_LOCK)
+def planned_move_stages(domain: Domain, plan: FailoverPlan, owner: str, run_id: str,
+                        at: float) -> list[Stage]:
+    """`owner`: the server whose objects move (the source of a switchover, the target
+    of a failback)."""
     file = tables_file(run_id, plan.epoch_after)
     stages: list[Stage] = [
-        Do(take_lock, hosting),
+        Do(take_lock, LockInput(run_id=run_id, lock=L.HOSTING_LOCK)),
         Do(stop_cosprint, NoInput(), node=plan.server),
     ]
     if plan.master_before == plan.server:
-        fresh = snapshot_name(eng.domain.control.name, plan.epoch_before, run_id)
+        fresh = snapshot_name(domain.control.name, plan.epoch_before, run_id, at)
         stages += [
             Do(export_tables, ExportTables(file=fresh, epoch=plan.epoch_before),
                node=plan.server),
@@ -57,49 +57,33 @@ def planned_move_stages(eng: Engine, plan: FailoverPlan, run_id: str) -> list[St
         plan = replace(plan, restore=[fresh])
     source = ReclaimPlan(server=plan.server, master=plan.master_after,
                          epoch=plan.epoch_after, obsolete_epoch=plan.epoch_before)
-    stages += move_hosting(plan, file, fence=False)
-    for st in (*reclaim_stages(source, file), Do(release_lock, hosting)):
-        st.epoch = plan.epoch_after
-        stages.append(st)
-    return stages
+    return [*stages, *move_hosting(plan, owner, file, fence=False),
+            *issued_under(plan.epoch_after, reclaim_node(source, file))]
 
 
-def _start(eng: Engine, workflow: str, plan: FailoverPlan, who: str, why: str,
-           dry_run: bool, since: float) -> tuple[str | None, FailoverPlan]:
-    if dry_run:
-        return None, plan
-    run_id = L.new_run_id()
-    with hosting_change(eng, run_id, who, since):
-        eng.create(workflow, {"server": plan.server, "plan": asdict(plan)}, who, why,
-                   plan.epoch_before, planned_move_stages(eng, plan, run_id), run_id=run_id)
-        eng.launch(run_id)
-    return run_id, plan
+def switchover_stages(domain: Domain, plan: FailoverPlan, run_id: str,
+                      at: float) -> list[Stage]:
+    return planned_move_stages(domain, plan, plan.server, run_id, at)
 
 
-def start_switchover(eng: Engine, server: str, to: str, who: str, why: str = "",
-                     dry_run: bool = False) -> tuple[str | None, FailoverPlan]:
-    with planning(eng) as since:
-        plan = accepted(plan_switchover(eng.domain, current_state(eng), probe_all(eng.domain),
-                                        server, to))
-    return _start(eng, "switchover", plan, who, why, dry_run, since)
+def failback_stages(domain: Domain, plan: FailoverPlan, run_id: str,
+                    at: float) -> list[Stage]:
+    return planned_move_stages(domain, plan, plan.bcs, run_id, at)
 
 
-def took_over(eng: Engine, server: str) -> str | None:
-    """The node hosting `server`'s objects since its last failover or switchover."""
-    for run in eng.ledger.runs(limit=200):  # newest first
-        plan = run["params"].get("plan") or {}
-        if run["state"] != L.SUCCEEDED:
-            continue
-        if run["workflow"] in ("failover", "switchover") and plan.get("server") == server:
-            return plan["bcs"]
-        if run["workflow"] == "failback" and plan.get("bcs") == server:
-            return None
-    return None
+def plan_switchover_now(eng: Engine, req: MoveRequest) -> FailoverPlan | Refusal:
+    return plan_switchover(eng.domain, current_state(eng), probe_all(eng.domain),
+                           req.server, req.to)
 
 
-def start_failback(eng: Engine, server: str, who: str, why: str = "",
-                   dry_run: bool = False) -> tuple[str | None, FailoverPlan]:
-    with planning(eng) as since:
-        plan = accepted(plan_failback(eng.domain, current_state(eng), probe_all(eng.domain),
-                                      server, took_over(eng, server), reclaim_needed(eng)))
-    return _start(eng, "failback", plan, who, why, dry_run, since)
+def plan_failback_now(eng: Engine, req: MoveRequest) -> FailoverPlan | Refusal:
+    return plan_failback(eng.domain, current_state(eng), probe_all(eng.domain), req.server,
+                         eng.ledger.hosted_by(req.server), reclaim_needed(eng))
+
+
+SWITCHOVER = Workflow(
+    name="switchover", plan=plan_switchover_now, stages=switchover_stages,
+    subject=lambda plan: plan.server, epoch=lambda plan: plan.epoch_before)
+FAILBACK = Workflow(
+    name="failback", plan=plan_failback_now, stages=failback_stages,
+    subject=lambda plan: plan.bcs, epoch=lambda plan: plan.epoch_before)

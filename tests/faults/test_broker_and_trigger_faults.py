@@ -1,3 +1,4 @@
+
 """Faults outside the workers (issue 9, items 2 and 3), all real:
 
 - the broker (redis-server, started with `--save ""`: a restart loses every queued and
@@ -23,7 +24,8 @@ from faults.harness import FaultHarness
 
 from workers.local import pid_alive
 from workflows import ledger as L
-from workflows.failover import start_failover
+from workflows import trigger
+from workflows.failover import FAILOVER
 from workflows.liveness import alive_workers
 from workflows.plan import FailoverRequest
 
@@ -44,7 +46,7 @@ def failover_cluster(fault_cluster):  # type: ignore[no-untyped-def]
 def baseline(c, h: FaultHarness) -> dict:  # type: ignore[no-untyped-def]
     """The fingerprint and rehosted counts of an undisturbed forced failover; resets."""
     h.reset()
-    run_id = start_failover(c.engine, FORCED, "baseline").run_id or ""
+    run_id = trigger.run(c.engine, FAILOVER, FORCED, "baseline").run_id or ""
     assert c.wait(run_id)["state"] == L.SUCCEEDED
     expected = {"fingerprint": h.fingerprint(), "hosted": c.hosted("bcs1")}
     h.reset()
@@ -90,7 +92,7 @@ def test_redis_stopped_mid_failover_and_started_again(fault_cluster, redis_serve
     expected = baseline(c, h)
     t0 = time.time()
     bcs1 = c.worker_pid("bcs1")
-    run_id = start_failover(c.engine, FORCED, "fault-suite").run_id or ""
+    run_id = trigger.run(c.engine, FAILOVER, FORCED, "fault-suite").run_id or ""
     try:
         # Hold the run at restore_snapshot on bcs1 while the broker goes away under it:
         # the step's message is taken but unacknowledged, the next one not yet sent.

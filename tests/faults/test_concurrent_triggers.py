@@ -1,3 +1,4 @@
+
 """Ten triggers of failover, switchover, reclaim and backup at once, in mixed order, half
 through the real API process and half through the start functions in this process, on
 one real domain (DESIGN invariant 1; backups never overlap).
@@ -23,11 +24,13 @@ from dataclasses import dataclass
 import pytest
 
 from workflows import ledger as L
-from workflows.backup import start_backup
-from workflows.failover import Refused, hosting_change, start_failover
-from workflows.plan import FailoverRequest
-from workflows.reclaim import start_reclaim
-from workflows.switchover import start_switchover
+from workflows import trigger
+from workflows.backup import BACKUP, BackupRequest
+from workflows.failover import FAILOVER
+from workflows.plan import FailoverRequest, MoveRequest
+from workflows.reclaim import RECLAIM
+from workflows.refusal import Refusal, Refused
+from workflows.switchover import SWITCHOVER
 
 HOSTING = ("failover", "switchover", "reclaim", "failback")
 EPOCH_MOVES = ("failover", "switchover", "failback")  # reclaim keeps the epoch
@@ -59,7 +62,8 @@ def call(c, kind: str) -> tuple[str | None, str | None]:  # type: ignore[no-unty
     """Trigger `kind` through its start function: (run id, None) or (None, holder)."""
     try:
         if kind == "backup":
-            run_id, state = start_backup(c.engine, WHO)
+            started = trigger.run(c.engine, BACKUP, BackupRequest(), WHO)
+            run_id, state = started.run_id, started.state
             if state == L.SKIPPED:
                 run = c.ledger.run(run_id)
                 assert run["params"]["holder"] in run["reason"], run
@@ -67,10 +71,10 @@ def call(c, kind: str) -> tuple[str | None, str | None]:  # type: ignore[no-unty
             return run_id, None
         if kind == "failover":
             req = FailoverRequest(server="srv2", to="bcs1", force=True)
-            return start_failover(c.engine, req, WHO).run_id, None
+            return trigger.run(c.engine, FAILOVER, req, WHO).run_id, None
         if kind == "switchover":
-            return start_switchover(c.engine, "srv2", "bcs1", WHO)[0], None
-        return start_reclaim(c.engine, "srv1", WHO)[0], None
+            return trigger.run(c.engine, SWITCHOVER, MoveRequest("srv2", "bcs1"), WHO).run_id, None
+        return trigger.run(c.engine, RECLAIM, MoveRequest("srv1"), WHO).run_id, None
     except L.LockHeld as held:
         assert held.holder in str(held)
         return None, held.holder
@@ -89,7 +93,7 @@ def post(client, kind: str) -> tuple[str | None, str | None]:  # type: ignore[no
         assert body["holder"] in body["detail"], body
         return None, body["holder"]
     if r.status_code == 422:
-        raise Refused(r.json()["detail"])
+        raise Refused(Refusal(r.json()["detail"], r.json()["code"]))
     raise AssertionError(f"POST /{kind}: {r.status_code} {r.text}")
 
 
@@ -191,7 +195,7 @@ def test_ten_mixed_triggers_one_hosting_change_at_a_time_others_refused_naming_i
     # skipped) naming it, whatever its kind and however late it comes.
     since = time.time()
     with ThreadPoolExecutor(1) as pool:
-        first = pool.submit(start_failover, c.engine,
+        first = pool.submit(trigger.run, c.engine, FAILOVER,
                             FailoverRequest(server="srv1", to="bcs1", force=True), "setup")
         while not vetting.exists():
             assert not first.done(), first.result()
@@ -220,7 +224,7 @@ def test_ten_mixed_triggers_one_hosting_change_at_a_time_others_refused_naming_i
     # naming the newest hosting change: its plan may be stale.
     newest = max((r for r in c.ledger.runs(limit=100) if r["workflow"] in HOSTING),
                  key=lambda r: r["created_at"])
-    with pytest.raises(L.LockHeld) as held, hosting_change(c.engine, "late", WHO, since):
+    with pytest.raises(L.LockHeld) as held, trigger.holding(c.engine, FAILOVER, "late", WHO, since):
         pass
     assert held.value.holder == newest["id"]
     assert c.ledger.holder(L.HOSTING_LOCK) is None

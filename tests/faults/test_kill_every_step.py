@@ -1,3 +1,4 @@
+
 """A real SIGKILL of the worker running each step of each workflow, then resume: the end
 state equals an undisturbed run's. Zero objects lost or duplicated (DESIGN invariant 3).
 
@@ -16,11 +17,12 @@ from conftest import ARTIFACTS
 from faults.harness import FaultHarness, KillPoint
 
 from workflows import ledger as L
-from workflows.backup import start_backup
-from workflows.failover import start_failover
-from workflows.plan import FailoverRequest
-from workflows.reclaim import start_reclaim
-from workflows.restart_check import start_restart_check
+from workflows import trigger
+from workflows.backup import BACKUP, BackupRequest
+from workflows.failover import FAILOVER
+from workflows.plan import FailoverRequest, MoveRequest
+from workflows.reclaim import RECLAIM
+from workflows.restart_check import RESTART_CHECK, CheckRequest
 
 WHO = "fault-suite"
 DATA_STEPS = {"export_tables", "ship_snapshot", "verify_snapshot", "restore_snapshot",
@@ -81,7 +83,7 @@ def test_failover_survives_a_kill_at_every_step(fault_cluster):
 
     def trigger() -> str:
         req = FailoverRequest(server="srv1", to="bcs1", force=True)
-        return start_failover(c.engine, req, WHO).run_id or ""
+        return trigger.run(c.engine, FAILOVER, req, WHO).run_id or ""
 
     report = survive_every_kill(c, h, trigger)
     assert len(report) >= 18
@@ -91,7 +93,8 @@ def test_failover_survives_a_kill_at_every_step(fault_cluster):
 def test_backup_survives_a_kill_at_every_step(fault_cluster):
     c, fp = fault_cluster(servers=1, bcs=1, clients=1, objects=3000)
     h = FaultHarness(c, fp)
-    report = survive_every_kill(c, h, lambda: start_backup(c.engine, WHO)[0])
+    report = survive_every_kill(
+        c, h, lambda: trigger.run(c.engine, BACKUP, BackupRequest(), WHO).run_id)
     assert len(report) >= 8
 
 
@@ -100,9 +103,10 @@ def test_reclaim_survives_a_kill_at_every_step(fault_cluster):
     c, fp = fault_cluster(servers=1, bcs=1, clients=1, objects=3000)
     c.backup()
     req = FailoverRequest(server="srv1", to="bcs1", force=True)
-    assert c.wait(start_failover(c.engine, req, "setup").run_id)["state"] == L.SUCCEEDED
+    assert c.wait(trigger.run(c.engine, FAILOVER, req, "setup").run_id)["state"] == L.SUCCEEDED
     h = FaultHarness(c, fp)
-    report = survive_every_kill(c, h, lambda: start_reclaim(c.engine, "srv1", WHO)[0])
+    report = survive_every_kill(
+        c, h, lambda: trigger.run(c.engine, RECLAIM, MoveRequest("srv1"), WHO).run_id)
     assert len(report) >= 8
 
 
@@ -119,7 +123,7 @@ def test_restart_check_survives_a_kill_at_every_step(fault_cluster):
     c.local.kill("cl1")
     c.local.kill("srv1")
     req = FailoverRequest(server="srv1", to="bcs1")
-    assert c.wait(start_failover(c.engine, req, "setup").run_id)["state"] == L.SUCCEEDED
+    assert c.wait(trigger.run(c.engine, FAILOVER, req, "setup").run_id)["state"] == L.SUCCEEDED
     h = FaultHarness(c, fp)  # its pristine state: cl1 stale, its COSprint down
     # cl1's worker back, whose own start-up check re-points it; each reset puts the
     # stale home back under the running worker.
@@ -128,7 +132,8 @@ def test_restart_check_survives_a_kill_at_every_step(fault_cluster):
     stale = h.fingerprint()["cl1"]
     assert (stale["designation"], stale["cosprint"]) == ("srv1@1", None), stale
 
-    report = survive_every_kill(c, h, lambda: start_restart_check(c.engine, "cl1", WHO, "") or "")
+    report = survive_every_kill(
+        c, h, lambda: trigger.run(c.engine, RESTART_CHECK, CheckRequest("cl1"), WHO).run_id)
     assert len(report) >= 5
     end = h.fingerprint()  # the last kill point's, equal to the undisturbed run's
     assert end["cl1"]["rows"] == end["bcs1"]["rows"] != stale["rows"]

@@ -1,3 +1,4 @@
+
 """Printing through failover, reclaim and switchover: every job accepted is printed once.
 
 A print client (the demo's `JobStream`: ~20 jobs a second through the client node, to
@@ -18,10 +19,11 @@ import pytest
 
 from cosprint.daemon import SINK_DIR, spool_job
 from workflows import ledger as L
+from workflows import trigger
 from workflows.demo import JobStream, queues_of
-from workflows.failover import start_failover
-from workflows.plan import FailoverRequest
-from workflows.switchover import start_switchover
+from workflows.failover import FAILOVER
+from workflows.plan import FailoverRequest, MoveRequest
+from workflows.switchover import SWITCHOVER
 
 # A 503, or no answer: nothing listens any more, or a stopping node dropped the
 # connection before reading the job.
@@ -98,8 +100,8 @@ def test_jobs_through_failover_reclaim_and_switchover_are_each_printed_exactly_o
         begin("failover")
         c.local.kill("srv1")
         stranded = strand_jobs(c, srv1_queues[0])
-        succeeded(start_failover(c.engine, FailoverRequest(server="srv1", to="bcs1"),
-                                 "fault-suite", "srv1 died").run_id)
+        succeeded(trigger.run(c.engine, FAILOVER, FailoverRequest(server="srv1", to="bcs1"),
+                              "fault-suite", "srv1 died").run_id)
 
         begin("reclaim")
         c.local.revive("srv1")
@@ -113,7 +115,8 @@ def test_jobs_through_failover_reclaim_and_switchover_are_each_printed_exactly_o
         assert resent["sent"] >= 1 and resent["duplicates"] >= 1, resent
 
         begin("switchover")
-        succeeded(start_switchover(c.engine, "srv2", "bcs1", "fault-suite")[0])
+        succeeded(trigger.run(c.engine, SWITCHOVER, MoveRequest("srv2", "bcs1"),
+                              "fault-suite").run_id)
         time.sleep(1.0)
     finally:
         stream.stop()  # returns once the client's backlog is delivered (or 60 s)

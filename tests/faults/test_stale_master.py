@@ -1,3 +1,4 @@
+
 """The failed server comes back in the middle of its own failover: never two masters.
 
 srv1 (the master) is SIGKILLed and failed over to bcs1. Pause failpoints hold the run at
@@ -20,7 +21,8 @@ import pytest
 
 from cosprint.designation import Designation
 from workflows import ledger as L
-from workflows.failover import start_failover
+from workflows import trigger
+from workflows.failover import FAILOVER
 from workflows.plan import FailoverRequest
 
 HOLD = 60.0  # seconds a held step waits at most; the test lets it go long before
@@ -57,8 +59,8 @@ def test_a_server_returning_at_any_phase_of_its_failover_never_makes_two_masters
     fp.write_text(f"{PHASES[0].failpoint}:pause={HOLD:g}\n")
     reached: list[float] = []
     with watch_masters(c) as watch:
-        run_id = start_failover(c.engine, FailoverRequest(server="srv1", to="bcs1"),
-                                "fault-suite").run_id or ""
+        run_id = trigger.run(c.engine, FAILOVER, FailoverRequest(server="srv1", to="bcs1"),
+                             "fault-suite").run_id
         for i, phase in enumerate(PHASES):
             deadline = time.time() + 60
             while not fired.exists():
