@@ -1,4 +1,4 @@
-"""The trigger API (DESIGN section 6): thin routes over workflows, bearer-token auth."""
+"""The trigger API (docs/architecture.md §6): thin routes over workflows, bearer-token auth."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""`cosfail`: the operator's command line (DESIGN section 6). Thin: it parses, calls
+"""`cosfail`: the operator's command line (docs/architecture.md §6). Thin: it parses, calls
 workflows, and prints. Exit codes: 0 done, 1 the operation failed (recorded, resumable),
 2 bad input or refused (nothing changed).
 """

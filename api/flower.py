@@ -1,7 +1,7 @@
 """`cosfail flower`: the real Flower for the domain's broker, with basic auth, plus what
 Flower lacks for cosfail: a run's page, and a Retry button on a failed step's task page.
 
-Nothing of Flower is forked or copied (NOTES, Flower). Flower's own option parsing and
+Nothing of Flower is forked or copied (docs/architecture.md §7.2). Flower's own option parsing and
 defaults (`flower.command`, its `FLOWER_*` environment variables included) give the
 options; the address, port and basic auth come from `[control]`, so Flower is never open.
 The Tornado application is Flower's own class, built here as

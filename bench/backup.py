@@ -1,4 +1,3 @@
-
 """Backup benchmark (not a test): `.venv/bin/python -m bench.backup`.
 
 For each domain size (10k and 100k objects by default), on a real domain (a redis-server

@@ -1,4 +1,3 @@
-
 """Failover benchmark (not a test): `.venv/bin/python -m bench.failover`.
 
 RTO = from the failover's accept (`start_failover` returns with a run id: what the API's

@@ -1,4 +1,3 @@
-
 """Fixtures that start real services: a redis-server on a free port, a domain of real
 node workers and real `cosprintd` processes. Reused by every integration test."""
 

@@ -1,4 +1,3 @@
-
 """Backup on real Redis, real node workers and real COSprint processes.
 
 Faults are real: a worker stopped (SIGSTOP) while a snapshot waits in its queue, a

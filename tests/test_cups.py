@@ -1,4 +1,3 @@
-
 """The CUPS driver on real cupsd processes, one per server and BCS, on loopback ports.
 
 Every check reads CUPS through its own client programs (`lpstat`, `lpoptions`, `lp`),

@@ -1,4 +1,3 @@
-
 """The full cycle without split brain: backup → failover → return → reclaim → failback."""
 
 from __future__ import annotations

@@ -1,4 +1,3 @@
-
 """Failover and restart-check on real Redis, real node workers and real COSprint."""
 
 from __future__ import annotations

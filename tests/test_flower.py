@@ -1,4 +1,3 @@
-
 """`cosfail flower` on real Redis and real workers: a failover's steps in Flower's task
 list, a failed step retried through Flower's own `async-apply`, and the Retry button in a
 real headless Chromium."""

@@ -1,4 +1,3 @@
-
 """Reclaim, switchover and failback on a real domain: print jobs across a switchover,
 refusals that change nothing, auto reclaim turned off, and a reclaim whose node worker is
 SIGKILLed at each of its node's steps, then resumed (issue 5)."""

@@ -1,4 +1,3 @@
-
 """Remote nodes over SSH, on a real OpenSSH sshd (127.0.0.1, keys made by the fixture).
 
 One machine plays several: two nodes whose `host` values differ ("localhost" and

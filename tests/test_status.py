@@ -1,4 +1,3 @@
-
 """`cosfail status --json` and `/metrics` tell the truth in every phase."""
 
 from __future__ import annotations

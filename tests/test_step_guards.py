@@ -1,6 +1,6 @@
 """The guards every step passes before it acts, on real workers and real Redis: a message
 issued under an older epoch, one of a launch a resume has superseded, and one that
-reached another node's worker never act (DESIGN invariant 2). Each message here would
+reached another node's worker never act (docs/architecture.md, invariant 2). Each message here would
 write cl1's designation file if it acted."""
 
 from __future__ import annotations

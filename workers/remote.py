@@ -7,7 +7,7 @@ host (fencing), that worker connects to the *other* node using the other node's
 paths on the connecting machine (resolved against the domain file's directory, like
 every path in domain.toml). So `[node.ssh]` of a node says "how to reach this node".
 
-Host keys (DESIGN invariant 6): only the configured known_hosts file is loaded (never
+Host keys (docs/architecture.md, invariant 6): only the configured known_hosts file is loaded (never
 the system's or the user's), and a key that is missing from it or differs from it is
 refused with `HostKeyRefused`, naming host:port and the offered key's SHA256
 fingerprint. Nothing is ever added to known_hosts. Remote commands are argument lists

@@ -4,8 +4,8 @@ A step message carries two JSON documents: `run`, the envelope (which run, which
 which node, the epoch it was issued under, the run's launch number), and `step`, the
 one small dataclass that is the step's input. Before acting, a step refuses:
 - a message for another node (misrouted),
-- an epoch older than the domain's (DESIGN invariant 2: a message that waited in a dead
-  node's queue must not act when the node returns),
+- an epoch older than the domain's (docs/architecture.md, invariant 2: a message that
+  waited in a dead node's queue must not act when the node returns),
 - a launch the ledger has superseded (a redelivered message after a resume).
 The journal, which records each step in the run ledger, checks the last two in the
 transaction that records the step's start. It is injected by the process that runs the

@@ -1,7 +1,7 @@
 """Node steps: each acts on the node whose worker runs it, and says what it did.
 
 Every step checks the real state before it acts, so running it twice, or resuming a
-run at any step, ends in the same state (DESIGN section 2).
+run at any step, ends in the same state (docs/architecture.md, invariant 8).
 """
 
 from __future__ import annotations

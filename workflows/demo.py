@@ -1,4 +1,3 @@
-
 """The one-command demonstration: a domain on this machine, saved from losing its master.
 
 init a domain (2 servers, 1 BCS, 3 clients) → start it → back up → a steady stream of

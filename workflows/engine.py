@@ -44,7 +44,7 @@ class Each:
     """The same step on several nodes at once; `inputs` maps node → input.
 
     `required=False`: a node whose worker does not take the step in time is reported
-    as unreachable and skipped, not waited on (DESIGN invariant 5).
+    as unreachable and skipped, not waited on (docs/architecture.md, invariant 5).
     """
 
     task: Task
@@ -287,10 +287,10 @@ PRESENCE_EVERY = 0.5
 
 def overdue(waiting: dict[str, str], absent_since: dict[str, float], start: float,
             now: float, expires: float, lease: float) -> dict[str, str]:
-    """The members a fan-out stops waiting for, each with why (DESIGN invariant 5): queued
-    past `expires` (no worker took it), running while its worker has held no broker
-    connection for `expires` (the worker died with the step and has not come back to
-    finish it), or running past the lock lease (its worker hangs)."""
+    """The members a fan-out stops waiting for, each with why (docs/architecture.md,
+    invariant 10): queued past `expires` (no worker took it), running while its worker
+    has held no broker connection for `expires` (the worker died with the step and has
+    not come back to finish it), or running past the lock lease (its worker hangs)."""
     why = {}
     for node, state in waiting.items():
         if state in (L.QUEUED, L.PLANNED):

@@ -1,6 +1,6 @@
 """The run ledger: runs, their steps, domain locks, the snapshot catalog, hosting history.
 
-The ledger, not Celery's result backend, is the record (DESIGN invariant 4): a run's
+The ledger, not Celery's result backend, is the record (docs/architecture.md, invariant 4): a run's
 steps, with their exact JSON arguments, are written here before the first one is sent,
 so any failed run can be resumed from its failed step. The same database holds the
 domain's authoritative state (`cosprint.authority`).

@@ -1,4 +1,3 @@
-
 """Faults outside the workers (issue 9, items 2 and 3), all real:
 
 - the broker (redis-server, started with `--save ""`: a restart loses every queued and

@@ -1,7 +1,6 @@
-
 """Ten triggers of failover, switchover, reclaim and backup at once, in mixed order, half
 through the real API process and half through the start functions in this process, on
-one real domain (DESIGN invariant 1; backups never overlap).
+one real domain (docs/architecture.md, invariant 1; backups never overlap).
 
 Twice: while a failover being vetted by its pre-failover hook holds the domain (every
 hosting trigger must be refused naming it), then with the domain free (the triggers
@@ -137,7 +136,8 @@ def assert_one_at_a_time(c, answers: list[Answer], since: float) -> None:  # typ
     assert not [a for a in answers if a.error], report
     ends = {a.run_id: c.wait(a.run_id) for a in answers if a.run_id}
     # A backup whose steps come after a failover or switchover moved the epoch is
-    # refused by its nodes (DESIGN invariant 2): failed, with that reason, never acting.
+    # refused by its nodes (docs/architecture.md, invariant 2): failed, with that reason,
+    # never acting.
     assert all(r["state"] == L.SUCCEEDED or r["workflow"] == "backup" and
                "was issued under epoch" in r["error"] for r in ends.values()), \
         {rid: r["error"] for rid, r in ends.items()}

@@ -1,6 +1,6 @@
-
 """A real SIGKILL of the worker running each step of each workflow, then resume: the end
-state equals an undisturbed run's. Zero objects lost or duplicated (DESIGN invariant 3).
+state equals an undisturbed run's. Zero objects lost or duplicated (docs/architecture.md,
+invariants 3 and 8).
 
 Every step of every workflow is killed once, alternating before and after its effect;
 steps that move data are killed at both points. `COSFAIL_FAULTS=full` kills every step

@@ -1,4 +1,3 @@
-
 """Printing through failover, reclaim and switchover: every job accepted is printed once.
 
 A print client (the demo's `JobStream`: ~20 jobs a second through the client node, to

@@ -1,4 +1,3 @@
-
 """The failed server comes back in the middle of its own failover: never two masters.
 
 srv1 (the master) is SIGKILLed and failed over to bcs1. Pause failpoints hold the run at
