@@ -46,7 +46,7 @@ import time
 from pathlib import Path
 from typing import Any, NamedTuple
 
-from sqlalchemy import update
+from sqlalchemy import delete, update
 
 from bench.common import (
     BenchFailed,
@@ -62,6 +62,7 @@ from cosprint import authority, designation, tables
 from cosprint.designation import Designation
 from cosprint.drivers import driver_for
 from workers.local import LocalError, LoopbackRedis, pid_alive
+from workflows import ledger as L
 from workflows import trigger
 from workflows.backup import BACKUP, BackupRequest
 from workflows.failover import FAILOVER
@@ -137,6 +138,7 @@ class BenchDomain(RunningDomain):
             conn.execute(update(authority.domain_state)
                          .where(authority.domain_state.c.domain == self.domain.control.name)
                          .values(master="srv1", epoch=1, updated_at=time.time()))
+            conn.execute(delete(L.hosting))  # the history goes back with the epoch
         parallel(lambda n: driver_for(self.domain, n).start(), self.nodes)
         self.local.start_worker("srv1")  # after its kill: its start-up check finds it current
         self.local.wait_workers(["srv1"])

@@ -68,7 +68,8 @@ def points_at(c, node: str) -> tuple[str, str, int] | None:  # type: ignore[no-u
 
 
 def ledger_rows(c) -> dict[str, list]:  # type: ignore[no-untyped-def, type-arg]
-    """Every row of the ledger's runs, steps, locks and authoritative state."""
+    """Every row of the ledger's runs, steps, locks, hosting history and authoritative
+    state."""
     from sqlalchemy import select
 
     from cosprint import authority as A
@@ -76,7 +77,7 @@ def ledger_rows(c) -> dict[str, list]:  # type: ignore[no-untyped-def, type-arg]
 
     out = {}
     with c.ledger.engine.connect() as conn:
-        for t in (L.runs, L.steps, L.locks, A.domain_state):
+        for t in (L.runs, L.steps, L.locks, L.hosting, A.domain_state):
             out[t.name] = sorted(tuple(r) for r in conn.execute(select(t)))
     return out
 

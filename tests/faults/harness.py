@@ -65,7 +65,7 @@ class FaultHarness:
             shutil.rmtree(home / "var", ignore_errors=True)
             shutil.copytree(self.pristine / node, home, dirs_exist_ok=True, symlinks=True)
         with self.c.ledger.tx() as conn:
-            for table in (L.steps, L.runs, L.locks, L.snapshots):
+            for table in (L.steps, L.runs, L.locks, L.snapshots, L.hosting):
                 conn.execute(delete(table))
             conn.execute(update(authority.domain_state).values(
                 master=self.initial.master, epoch=self.initial.epoch))
@@ -74,8 +74,11 @@ class FaultHarness:
 
     def fingerprint(self) -> dict[str, Any]:
         """Everything a fault must not change: tables, designations, roles, catalog."""
-        out: dict[str, Any] = {"authority": str(authority.read(
-            self.c.ledger.engine, self.c.domain.control.name))}
+        out: dict[str, Any] = {
+            "authority": str(authority.read(self.c.ledger.engine, self.c.domain.control.name)),
+            # Once per hosting change, whatever was killed and resumed on the way.
+            "hosting": [(h["epoch"], h["server"], h["moved_from"], h["hosted_by"])
+                        for h in self.c.ledger.hosting_history()]}
         for node in self.c.domain.names():
             home = self.c.domain.home(node)
             with tables.connect(self.c.domain.tables_url(node)) as conn:
