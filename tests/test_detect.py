@@ -23,7 +23,7 @@ from cosprint.designation import Designation
 from cosprint.domain import Detect, load_domain
 from workers.local import LocalDomain
 from workflows import ledger as L
-from workflows.detect import (
+from workflows.detection import (
     DOWN,
     SUSPECT,
     UP,
