@@ -81,11 +81,11 @@ def test_failover_survives_a_kill_at_every_step(fault_cluster):
     c.backup()
     h = FaultHarness(c, fp)
 
-    def trigger() -> str:
+    def fail_over() -> str:
         req = FailoverRequest(server="srv1", to="bcs1", force=True)
-        return trigger.run(c.engine, FAILOVER, req, WHO).run_id or ""
+        return trigger.run(c.engine, FAILOVER, req, WHO).run_id
 
-    report = survive_every_kill(c, h, trigger)
+    report = survive_every_kill(c, h, fail_over)
     assert len(report) >= 18
 
 
