@@ -140,7 +140,7 @@ def worker(
     d = _domain(domain)
     if node:
         d.node(node)
-    from workers.runner import run_worker
+    from workflows.runtime import run_worker
 
     run_worker(d, node, concurrency)
 

@@ -26,7 +26,7 @@ shared machine, the one least disturbed by others), with the load average at the
 and the end; results go to a rich table and `bench/results/backup.json`.
 
 The node workers of the bench domain are `python -m bench.backup --serve NODE`: the same
-`workers.runner.run_worker` as `cosfail worker`, with the bench's empty steps registered.
+`workflows.runtime.run_worker` as `cosfail worker`, with the bench's empty steps registered.
 """
 
 from __future__ import annotations
@@ -321,7 +321,7 @@ def main() -> None:
     p.add_argument("-d", "--domain", help=argparse.SUPPRESS)
     args = p.parse_args()
     if args.serve:
-        from workers.runner import run_worker
+        from workflows.runtime import run_worker
 
         run_worker(load_domain(args.domain), args.serve)
         return
