@@ -54,8 +54,8 @@ from bench.common import (
     write_json,
 )
 from cosprint.domain import load_domain
+from launcher.local import LocalDomain, LoopbackRedis
 from workers.app import app, node_queue
-from workers.local import LocalDomain, LoopbackRedis
 from workers.step import Here, step
 from workflows.engine import Do
 from workflows.state import current_state

@@ -61,7 +61,7 @@ from bench.common import (
 from cosprint import authority, designation, tables
 from cosprint.designation import Designation
 from cosprint.drivers import driver_for
-from workers.local import LocalError, LoopbackRedis, pid_alive
+from launcher.local import LocalError, LoopbackRedis, pid_alive
 from workflows.failover import start_failover
 from workflows.plan import FailoverRequest
 from workflows.state import current_state

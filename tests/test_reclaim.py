@@ -24,7 +24,7 @@ from sqlalchemy import Connection, select, update
 from cosprint import designation, tables
 from cosprint import snapshot as snap
 from cosprint.errors import DriverError, SnapshotError
-from workers.local import pid_alive
+from launcher.local import pid_alive
 from workflows import ledger as L
 from workflows.failover import Refused, planning, start_failover
 from workflows.plan import FailoverRequest

@@ -17,8 +17,8 @@ from dataclasses import dataclass
 import pytest
 
 from cosprint.daemon import SINK_DIR, spool_job
+from launcher.demo import JobStream, queues_of
 from workflows import ledger as L
-from workflows.demo import JobStream, queues_of
 from workflows.failover import start_failover
 from workflows.plan import FailoverRequest
 from workflows.switchover import start_switchover
