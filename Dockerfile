@@ -21,6 +21,7 @@ WORKDIR /src
 COPY pyproject.toml README.md ./
 COPY api ./api
 COPY cosprint ./cosprint
+COPY launcher ./launcher
 COPY workers ./workers
 COPY workflows ./workflows
 RUN pip install ".[postgres]" && cd / && rm -rf /src

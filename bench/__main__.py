@@ -22,7 +22,7 @@ from typing import Any
 
 from bench import backup, failover
 from bench.common import BenchFailed, write_json
-from workers.local import LoopbackRedis
+from launcher.local import LoopbackRedis
 
 RESULTS = backup.REPO / "bench" / "results"
 QUICK_SIZES = [10_000]

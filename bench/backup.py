@@ -4,7 +4,7 @@ For each domain size (10k and 100k objects by default), on a real domain (a redi
 of its own on a free port, one real worker and one real COSprint per node, as the test
 fixture runs them), side by side:
 
-- **cosfail**: one backup run, end to end: from `start_backup` (the trigger) to the run
+- **cosfail**: one backup run, end to end: from `trigger.run` (the trigger) to the run
   recorded `succeeded` in the ledger (export on the master → ship to the BCS → verify in
   place: sha256, header, row counts, then prune past retention → catalogue → release
   the lock). The end is the run's own `finished_at` as the ledger records it, so
@@ -26,7 +26,7 @@ shared machine, the one least disturbed by others), with the load average at the
 and the end; results go to a rich table and `bench/results/backup.json`.
 
 The node workers of the bench domain are `python -m bench.backup --serve NODE`: the same
-`workers.runner.run_worker` as `cosfail worker`, with the bench's empty steps registered.
+`workflows.runtime.run_worker` as `cosfail worker`, with the bench's empty steps registered.
 """
 
 from __future__ import annotations
@@ -54,8 +54,8 @@ from bench.common import (
     write_json,
 )
 from cosprint.domain import load_domain
+from launcher.local import LocalDomain, LoopbackRedis
 from workers.app import app, node_queue
-from workers.local import LocalDomain, LoopbackRedis
 from workers.step import Here, step
 from workflows import trigger
 from workflows.backup import BACKUP, BackupRequest
@@ -322,7 +322,7 @@ def main() -> None:
     p.add_argument("-d", "--domain", help=argparse.SUPPRESS)
     args = p.parse_args()
     if args.serve:
-        from workers.runner import run_worker
+        from workflows.runtime import run_worker
 
         run_worker(load_domain(args.domain), args.serve)
         return

@@ -12,11 +12,11 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
-from cosprint.demo import init_demo
 from cosprint.domain import Domain, load_domain
 from cosprint.fsutil import atomic_write_bytes
+from launcher.demo_domain import init_demo
+from launcher.local import LocalDomain
 from workers.app import configure
-from workers.local import LocalDomain
 from workflows import ledger as L
 from workflows.engine import Engine
 from workflows.state import current_state

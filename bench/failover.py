@@ -1,6 +1,6 @@
 """Failover benchmark (not a test): `.venv/bin/python -m bench.failover`.
 
-RTO = from the failover's accept (`start_failover` returns with a run id: what the API's
+RTO = from the failover's accept (`trigger.run` returns with a run id: what the API's
 202 answers) to the run recorded `succeeded` in the ledger (its own `finished_at`, so
 polling does not blur it). A run succeeds only after its verify step: the BCS serves as
 master at the new epoch, every restarted node points at it, and a test job on a moved
@@ -61,7 +61,7 @@ from bench.common import (
 from cosprint import authority, designation, tables
 from cosprint.designation import Designation
 from cosprint.drivers import driver_for
-from workers.local import LocalError, LoopbackRedis, pid_alive
+from launcher.local import LocalError, LoopbackRedis, pid_alive
 from workflows import ledger as L
 from workflows import trigger
 from workflows.backup import BACKUP, BackupRequest

@@ -18,11 +18,11 @@ from pathlib import Path
 import pytest
 
 from cosprint import authority, tables
-from cosprint.demo import init_demo
 from cosprint.domain import Domain, load_domain
 from cosprint.drivers import driver_for
+from launcher.demo_domain import init_demo
+from launcher.local import LocalDomain, LoopbackRedis, free_port, pid_alive
 from workers.app import configure
-from workers.local import LocalDomain, LoopbackRedis, free_port, pid_alive
 from workflows import trigger
 from workflows.backup import BACKUP, BackupRequest
 from workflows.engine import Engine, wait_for
@@ -234,7 +234,7 @@ def watch_masters() -> type[MasterWatcher]:
 def run_cli(*args: str, check: bool = False, env: dict[str, str] | None = None,
             timeout: float = 300) -> subprocess.CompletedProcess[str]:
     return subprocess.run(  # noqa: S603
-        [sys.executable, "-m", "api.cli", *args], capture_output=True, text=True,
+        [sys.executable, "-m", "launcher.cli", *args], capture_output=True, text=True,
         check=check, timeout=timeout, cwd=REPO, env={**os.environ, **(env or {})})
 
 

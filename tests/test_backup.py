@@ -17,9 +17,9 @@ from typing import TypeVar
 from conftest import free_port, run_cli
 
 from cosprint import tables
-from cosprint.demo import init_demo
 from cosprint.snapshot import import_snapshot, list_snapshots
-from workers.local import pid_alive
+from launcher.demo_domain import init_demo
+from launcher.local import pid_alive
 from workers.steps import OUTBOX, is_verified
 from workflows import trigger
 from workflows.backup import BACKUP, BackupRequest

@@ -240,11 +240,15 @@ def test_dockerfile_builds_a_non_root_image_with_everything_the_code_reads() -> 
                 if line.strip() and not line.startswith("#")]
     assert patterns[0] == "*", patterns
     assert not [p for p in patterns if p.startswith(("!deploy", "!.venv", "!tests"))]
+    setuptools = tomllib.loads((REPO / "pyproject.toml").read_text())["tool"]["setuptools"]
+    packages = [p.rstrip("*") for p in setuptools["packages"]["find"]["include"]]
+    # a package the Dockerfile leaves out installs nowhere in the image: `cosfail` fails
+    for pkg in packages:
+        assert f"COPY {pkg} ./{pkg}\n" in text and f"!{pkg}" in patterns, pkg
     # `pip install .` ships only what setuptools is told about: every non-Python file
     # a package reads next to itself must match [tool.setuptools.package-data]
-    package_data = tomllib.loads((REPO / "pyproject.toml").read_text())["tool"][
-        "setuptools"].get("package-data", {})
-    for pkg in ("api", "cosprint", "workers", "workflows"):
+    package_data = setuptools.get("package-data", {})
+    for pkg in packages:
         for f in (REPO / pkg).rglob("*"):
             if f.is_file() and f.suffix not in (".py", ".pyc") and "__pycache__" not in f.parts:
                 patterns = package_data.get(pkg, [])

@@ -282,7 +282,8 @@ def test_unsupported_or_malformed_cups_objects_are_named_and_nothing_changes(mak
 
 def test_init_demo_driver_cups_writes_a_cups_domain(tmp_path: Path) -> None:
     done = subprocess.run(  # noqa: S603
-        [sys.executable, "-m", "api.cli", "init-demo", str(tmp_path / "d"), "--driver", "cups"],
+        [sys.executable, "-m", "launcher.cli", "init-demo", str(tmp_path / "d"),
+         "--driver", "cups"],
         capture_output=True, text=True, timeout=120, cwd=Path(__file__).resolve().parent.parent)
     assert done.returncode == 0, done.stderr
     text = (tmp_path / "d" / "domain.toml").read_text()
@@ -315,9 +316,9 @@ def test_merge_takes_each_object_from_the_side_that_changed_it() -> None:
 def test_the_domain_file_refuses_cups_settings_it_cannot_honour(tmp_path: Path) -> None:
     import tomllib
 
-    from cosprint.demo import init_demo
     from cosprint.domain import parse_domain
     from cosprint.errors import DomainFileError
+    from launcher.demo_domain import init_demo
 
     path = init_demo(tmp_path / "d", clients=0, objects=12, driver="cups")
     text = path.read_text()

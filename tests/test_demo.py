@@ -10,10 +10,10 @@ import pytest
 from sqlalchemy import text
 
 from cosprint import designation, tables
-from cosprint.demo import DemoError, generate_rows, init_demo, split_budget
 from cosprint.designation import Designation
 from cosprint.domain import Domain, load_domain
 from cosprint.errors import CosfailError
+from launcher.demo_domain import DemoError, generate_rows, init_demo, split_budget
 
 # Each query returns the rows that break one reference: a missing parent or a parent
 # hosted elsewhere.

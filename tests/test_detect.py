@@ -21,7 +21,7 @@ from conftest import free_port
 
 from cosprint.designation import Designation
 from cosprint.domain import Detect, load_domain
-from workers.local import LocalDomain
+from launcher.local import LocalDomain
 from workflows import ledger as L
 from workflows.detection import (
     DOWN,
@@ -428,8 +428,8 @@ def test_auto_failover_and_each_guard(make_cluster):
 
 @pytest.mark.parametrize("value", [0, -1])
 def test_a_bad_detect_table_is_refused(tmp_path: Path, value: int) -> None:
-    from cosprint.demo import init_demo
     from cosprint.errors import DomainFileError
+    from launcher.demo_domain import init_demo
 
     path = init_demo(tmp_path / "d", objects=10)
     path.write_text(path.read_text() + f"\n[detect]\ndown_after = {value}\n")

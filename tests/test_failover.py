@@ -18,7 +18,7 @@ from api.app import create_app, read_token
 from cosprint import tables
 from cosprint.designation import Designation
 from cosprint.snapshot import import_snapshot
-from workers.local import pid_alive
+from launcher.local import pid_alive
 from workflows import trigger
 from workflows.failover import FAILOVER
 from workflows.plan import FailoverRequest

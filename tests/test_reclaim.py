@@ -25,7 +25,7 @@ from sqlalchemy import Connection, select, update
 from cosprint import designation, tables
 from cosprint import snapshot as snap
 from cosprint.errors import DriverError, SnapshotError
-from workers.local import pid_alive
+from launcher.local import pid_alive
 from workflows import ledger as L
 from workflows import trigger
 from workflows.backup import BACKUP, BackupRequest

@@ -1,4 +1,9 @@
-"""Running a worker process: its queue, its journal, and what it checks on start."""
+"""Running a worker process: its queue, and what it checks on start.
+
+The journal that records its steps and the check it runs on start come from the
+process's composition root (workflows.runtime.run_worker): both are the ledger's, which
+sits above workers, so they are handed in rather than imported.
+"""
 
 from __future__ import annotations
 
@@ -6,6 +11,7 @@ import faulthandler
 import logging
 import os
 import signal
+from collections.abc import Callable
 
 from celery.signals import worker_ready
 
@@ -19,27 +25,22 @@ from workers.app import (
 )
 from workers.step import Journal, use_journal
 
-log = logging.getLogger("cosfail.worker")
 
-
-def run_worker(domain: Domain, node: str | None, concurrency: int = 4,
-               on_ready: list | None = None) -> None:  # type: ignore[type-arg]
-    """Serve `node.<node>` (or `control`) until stopped."""
+def run_worker(domain: Domain, node: str | None, journal: Journal,
+               on_ready: Callable[[], None], concurrency: int = 4) -> None:
+    """Serve `node.<node>` (or `control`) until stopped, recording each step in `journal`;
+    `on_ready` runs once the worker is about to take messages."""
     os.environ["COSFAIL_DOMAIN"] = str(domain.path)
     os.environ["COSFAIL_NODE"] = node or ""
     # Named connections let a trigger see at once that a node's worker is gone
     # (workers.app.connected_workers) instead of waiting out its probe.
     name_connections(worker_client_name(domain.control.name, node))
     app = configure(domain)
-    # The ledger implements the journal; importing it here keeps workers free of it.
-    from workflows.runtime import journal_for, on_worker_start
-
-    journal: Journal = journal_for(domain)
     use_journal(journal)
 
     @worker_ready.connect(weak=False)
     def _ready(**_kw: object) -> None:
-        on_worker_start(domain, node)
+        on_ready()
 
     # `kill -USR1 <pid>` writes every thread's stack to the log: how to see a stuck step.
     faulthandler.register(signal.SIGUSR1, all_threads=True)

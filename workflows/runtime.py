@@ -1,20 +1,33 @@
-"""What a worker process needs from the workflows layer: the journal and its start-up."""
+"""The worker process's composition root (`cosfail worker`): the ledger's engine as the
+journal of workers.runner's Celery worker, and the start-up check it runs once ready.
+
+It lives here, not in workers/, because workers sit below workflows and may not import
+them: workers.runner takes the journal and the start-up hook as arguments.
+"""
 
 from __future__ import annotations
 
 import logging
 import threading
 import time
+from functools import partial
 
 from cosprint.domain import Domain
 from cosprint.drivers import driver_for
 from cosprint.errors import CosfailError
+from workers import runner
 from workers.step import worker_id
 from workflows import engine as engine_mod
 from workflows import ledger as L
 from workflows.engine import Engine
 
 log = logging.getLogger("cosfail.worker")
+
+
+def run_worker(domain: Domain, node: str | None, concurrency: int = 4) -> None:
+    """Serve `node.<node>` (or `control`) until stopped."""
+    runner.run_worker(domain, node, journal_for(domain), partial(on_worker_start, domain, node),
+                      concurrency)
 
 
 def journal_for(domain: Domain) -> Engine:

@@ -19,7 +19,7 @@ from sqlalchemy import delete, update
 
 from cosprint import authority, designation, tables
 from cosprint.snapshot import list_snapshots
-from workers.local import pid_alive
+from launcher.local import pid_alive
 from workers.steps import is_verified
 from workflows import ledger as L
 from workflows.liveness import alive_workers

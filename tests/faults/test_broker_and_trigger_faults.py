@@ -21,7 +21,7 @@ import pytest
 from conftest import REPO
 from faults.harness import FaultHarness
 
-from workers.local import pid_alive
+from launcher.local import pid_alive
 from workflows import ledger as L
 from workflows import trigger
 from workflows.failover import FAILOVER
@@ -136,7 +136,7 @@ def test_the_trigger_killed_right_after_acceptance(fault_cluster):
 
     # The CLI, waiting on its failover: killed as soon as the ledger has the run.
     cli = subprocess.Popen(  # noqa: S603
-        [sys.executable, "-m", "api.cli", "failover", "srv1", "--to", "bcs1", "--force",
+        [sys.executable, "-m", "launcher.cli", "failover", "srv1", "--to", "bcs1", "--force",
          "--yes", "--wait", "-d", str(c.domain.path)],
         cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
     run_id = _kill_when_accepted(c, cli, "failover")

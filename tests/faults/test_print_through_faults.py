@@ -17,9 +17,9 @@ from dataclasses import dataclass
 import pytest
 
 from cosprint.daemon import SINK_DIR, spool_job
+from launcher.demo import JobStream, queues_of
 from workflows import ledger as L
 from workflows import trigger
-from workflows.demo import JobStream, queues_of
 from workflows.failover import FAILOVER
 from workflows.plan import FailoverRequest, MoveRequest
 from workflows.switchover import SWITCHOVER

@@ -24,7 +24,9 @@ from cosprint.domain import Domain
 from cosprint.drivers import driver_for
 from cosprint.errors import CosfailError
 from cosprint.fsutil import atomic_write_bytes
-from workers.app import BrokerUnreachable, check_broker
+from workers.app import BrokerUnreachable, app, check_broker
+from workflows.engine import Engine
+from workflows.state import current_state
 
 
 class LocalError(CosfailError):
@@ -175,7 +177,7 @@ class LocalDomain:
         return comp
 
     def _cosfail(self, *args: str) -> list[str]:
-        return [sys.executable, "-m", "api.cli", *args, "-d", str(self.domain.path)]
+        return [sys.executable, "-m", "launcher.cli", *args, "-d", str(self.domain.path)]
 
     # ----- components ----------------------------------------------------------------------
     def ensure_broker(self) -> Component | None:
@@ -226,8 +228,6 @@ class LocalDomain:
 
     def wait_workers(self, nodes: list[str | None], timeout: float = 30.0) -> None:
         """Block until every named worker answers a ping."""
-        from workers.app import app
-
         want = {f"{n or 'control'}@" for n in nodes}
         deadline = time.time() + timeout
         while time.time() < deadline:
@@ -242,10 +242,7 @@ class LocalDomain:
         raise LocalError(f"workers did not answer within {timeout:g} s: {', '.join(missing)}")
 
     def up(self, with_services: bool = True) -> None:
-        from workflows.engine import Engine  # the ledger's schema, made once, here
-        from workflows.state import current_state
-
-        current_state(Engine(self.domain))
+        current_state(Engine(self.domain))  # the ledger's schema, made once, here
         self.ensure_broker()
         nodes = self.domain.names()
         for node in nodes:

@@ -9,7 +9,6 @@ count every job: submitted, printed, lost.
 from __future__ import annotations
 
 import json
-import socket
 import tempfile
 import threading
 import time
@@ -23,12 +22,12 @@ from typing import Any
 from sqlalchemy import select
 
 from cosprint import tables
-from cosprint.demo import init_demo
 from cosprint.domain import Domain, load_domain
 from cosprint.drivers import driver_for
 from cosprint.errors import DriverError
+from launcher.demo_domain import init_demo
+from launcher.local import LocalDomain, free_port
 from workers.app import configure
-from workers.local import LocalDomain
 from workflows import ledger as L
 from workflows import trigger
 from workflows.backup import BACKUP, BackupRequest
@@ -143,12 +142,6 @@ class JobStream:
         return done
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def queues_of(domain: Domain, node: str, host: str, limit: int = 5) -> list[str]:
     with tables.connect(domain.tables_url(node)) as conn:
         q = tables.queues
@@ -163,7 +156,7 @@ def run_demo(say: Say, show_run: RunShown, directory: Path | None = None,
     base = directory or Path(tempfile.mkdtemp(prefix="cosfail-demo-"))
     say(f"creating a demo domain in {base}: 2 servers, 1 BCS, 3 clients, {objects} objects")
     path = init_demo(base / "domain", servers=2, bcs=1, clients=3, objects=objects,
-                     broker=f"redis://127.0.0.1:{_free_port()}/0")
+                     broker=f"redis://127.0.0.1:{free_port()}/0")
     domain = load_domain(path)
     configure(domain)
     local = LocalDomain(domain)

@@ -10,6 +10,9 @@ and the designation `srv1@1`.
 The tables are generated once, in one transaction, and the SQLite file is then copied
 to the other nodes, so that 100 000 objects take a few seconds. `domain.toml` is written
 last: a run that fails half-way leaves no domain behind and can simply be run again.
+
+It is the launcher's, not cosprint's: no running domain reads it; it makes up the
+domain that the demo, `cosfail local`, the tests and the benchmarks start.
 """
 
 from __future__ import annotations
