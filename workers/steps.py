@@ -16,7 +16,7 @@ from sqlalchemy import func, select
 
 from cosprint import snapshot as snap
 from cosprint import tables
-from cosprint.daemon import JOB_SUFFIX
+from cosprint.daemon.spool import JOB_SUFFIX
 from cosprint.designation import Designation
 from cosprint.drivers import driver_for
 from cosprint.errors import CosfailError, DriverError, SnapshotError, StaleEpochError

@@ -35,6 +35,6 @@ def spool_handoff(domain: Domain, source: str, here: str) -> tuple[Path, Path, s
         from cosprint.drivers.cups import spool_handoff as cups_handoff
 
         return cups_handoff(domain, source, here)
-    from cosprint.daemon import JOB_SUFFIX
+    from cosprint.daemon.spool import JOB_SUFFIX
 
     return domain.spool_dir(source), domain.spool_dir(here), JOB_SUFFIX

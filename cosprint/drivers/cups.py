@@ -79,7 +79,6 @@ from sqlalchemy.pool import NullPool
 
 from cosprint import authority, tables
 from cosprint import snapshot as snapshots
-from cosprint.daemon import PRINTING_ROLES, decide_role
 from cosprint.designation import Designation
 from cosprint.domain import CupsSettings, Domain
 from cosprint.driver import ServiceStatus
@@ -87,6 +86,7 @@ from cosprint.drivers import ipp
 from cosprint.drivers.base import NodeFiles, children
 from cosprint.errors import CosfailError, DriverError
 from cosprint.fsutil import atomic_write_bytes
+from cosprint.role import PRINTING_ROLES, decide_role
 
 START_TIMEOUT = 15.0
 STOP_TIMEOUT = 10.0

@@ -24,14 +24,8 @@ from pathlib import Path
 from typing import Any
 
 import cosprint
-from cosprint.daemon import (
-    READY,
-    is_cosprintd,
-    list_spool,
-    log_path,
-    pidfile_path,
-    read_pid,
-)
+from cosprint.daemon.identity import READY, is_cosprintd, log_path, pidfile_path, read_pid
+from cosprint.daemon.spool import list_spool
 from cosprint.domain import Domain
 from cosprint.driver import ServiceStatus
 from cosprint.drivers.base import NodeFiles, children
