@@ -25,9 +25,9 @@ from typing import Any
 
 import cosprint
 from cosprint.daemon.identity import READY, is_cosprintd, log_path, pidfile_path, read_pid
-from cosprint.daemon.spool import list_spool
+from cosprint.daemon.spool import JOB_SUFFIX, list_spool
 from cosprint.domain import Domain
-from cosprint.driver import ServiceStatus
+from cosprint.driver import Driver, ServiceStatus
 from cosprint.drivers.base import NodeFiles, children
 from cosprint.errors import DriverError
 from cosprint.forkserver import ForkServer
@@ -45,8 +45,13 @@ _FORK_SERVERS: dict[tuple[Path, str], ForkServer] = {}
 _FORK_SERVERS_LOCK = threading.Lock()
 
 
-class ReferenceDriver(NodeFiles):
+class ReferenceDriver(NodeFiles, Driver):
     """Drives one node's cosprintd; every method is safe to call again."""
+
+    @classmethod
+    def spool_handoff(cls, domain: Domain, source: str, here: str) -> tuple[Path, Path, str]:
+        """Spool to spool: a cosprintd prints the job files it finds in its spool."""
+        return domain.spool_dir(source), domain.spool_dir(here), JOB_SUFFIX
 
     def __init__(self, domain: Domain, node_name: str) -> None:
         domain.node(node_name)  # an unknown node fails here, naming it

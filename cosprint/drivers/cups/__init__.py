@@ -61,7 +61,7 @@ role and the three-way sync), `driver` (the Driver calls).
 
 from cosprint.drivers.cups.conf import ClassConf, CupsConf, CupsError, PrinterConf, merge
 from cosprint.drivers.cups.driver import CupsDriver
-from cosprint.drivers.cups.spooled import UNFINISHED, read_job, spool_handoff
+from cosprint.drivers.cups.spooled import UNFINISHED, read_job
 
 __all__ = ["UNFINISHED", "ClassConf", "CupsConf", "CupsDriver", "CupsError", "PrinterConf",
-           "merge", "read_job", "spool_handoff"]
+           "merge", "read_job"]

@@ -17,10 +17,16 @@ from sqlalchemy import select
 
 from cosprint import snapshot as snapshots
 from cosprint import tables
-from cosprint.driver import ServiceStatus
+from cosprint.domain import Domain
+from cosprint.driver import Driver, ServiceStatus
 from cosprint.drivers.cups.conf import CupsError
 from cosprint.drivers.cups.cupsd import POLL, START_TIMEOUT, STOP_TIMEOUT
-from cosprint.drivers.cups.spooled import CONTROL_FILE_RE, UNFINISHED, read_job
+from cosprint.drivers.cups.spooled import (
+    UNFINISHED,
+    control_files,
+    read_job,
+    unfinished_files,
+)
 from cosprint.drivers.cups.sync import CupsConfig
 from cosprint.errors import CosfailError, DriverError
 from cosprint.fsutil import atomic_write_bytes
@@ -29,8 +35,15 @@ from cosprint.role import PRINTING_ROLES
 _REQUEST_ID_RE = re.compile(r"request id is (\S+)-(\d+) ")
 
 
-class CupsDriver(CupsConfig):
+class CupsDriver(CupsConfig, Driver):
     """Drives one node's cupsd (server, BCS) or client configuration (client)."""
+
+    @classmethod
+    def spool_handoff(cls, domain: Domain, source: str, here: str) -> tuple[Path, Path, str]:
+        """A CUPS server's RequestRoot, the incoming area of `here` (its start resubmits
+        what it finds there), every file."""
+        return (domain.spool_dir(source),
+                domain.home(here) / "var" / "spool-incoming" / source, "")
 
     def prepare(self) -> None:
         """Nothing to prepare: cupsd is a program of its own, started as it is."""
@@ -217,21 +230,7 @@ class CupsDriver(CupsConfig):
     def spool_paths(self) -> list[Path]:
         """The files of unfinished jobs in this cupsd's spool (control file first, then
         its documents), oldest job first; an unreadable control file is included."""
-        out: list[Path] = []
-        try:
-            controls = sorted(p for p in self.request_root.iterdir()
-                              if CONTROL_FILE_RE.match(p.name))
-        except FileNotFoundError:
-            return []
-        for c in controls:
-            try:
-                job = read_job(c)
-            except CupsError:
-                out.append(c)
-                continue
-            if job.state in UNFINISHED:
-                out += [c, *job.documents]
-        return out
+        return unfinished_files(self.request_root)
 
     def resubmit_incoming(self) -> list[str]:
         """Print here the unfinished jobs a failed server's spool handed over."""
@@ -252,7 +251,7 @@ class CupsDriver(CupsConfig):
                         seen.add(json.loads(line)["uuid"])
                     except (ValueError, KeyError):
                         continue
-            for control in sorted(p for p in src.iterdir() if CONTROL_FILE_RE.match(p.name)):
+            for control in control_files(src):
                 try:
                     job = read_job(control)
                 except CupsError as exc:

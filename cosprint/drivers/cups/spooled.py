@@ -1,5 +1,5 @@
 """The jobs of a cupsd's spool, read from their control files (a dead cupsd's spool
-too), and where `failover --with-spool` hands them over."""
+too)."""
 
 from __future__ import annotations
 
@@ -8,7 +8,6 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from cosprint.domain import Domain
 from cosprint.drivers import ipp
 from cosprint.drivers.cups.conf import CupsError, ipp_text
 
@@ -67,8 +66,24 @@ def read_job(control: Path) -> SpooledJob:
     )
 
 
-def spool_handoff(domain: Domain, source: str, here: str) -> tuple[Path, Path, str]:
-    """Where `failover --with-spool` takes a CUPS server's spool from and puts it:
-    (its RequestRoot, the incoming area of `here`, the name suffix of files to copy)."""
-    return (domain.spool_dir(source), domain.home(here) / "var" / "spool-incoming" / source,
-            "")
+def control_files(directory: Path) -> list[Path]:
+    """The job control files in `directory`, oldest job first (none if it is missing)."""
+    try:
+        return sorted(p for p in directory.iterdir() if CONTROL_FILE_RE.match(p.name))
+    except FileNotFoundError:
+        return []
+
+
+def unfinished_files(directory: Path) -> list[Path]:
+    """The files of the unfinished jobs in `directory` (control file first, then its
+    documents), oldest job first; an unreadable control file is included."""
+    out: list[Path] = []
+    for c in control_files(directory):
+        try:
+            job = read_job(c)
+        except CupsError:
+            out.append(c)
+            continue
+        if job.state in UNFINISHED:
+            out += [c, *job.documents]
+    return out
