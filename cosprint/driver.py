@@ -33,6 +33,15 @@ class ServiceStatus:
     pid: int
 
 
+@dataclass(frozen=True)
+class Resent:
+    """What a resend of set-aside jobs did, job by job."""
+
+    sent: int  # taken by their queue's current host as new jobs
+    duplicates: int  # the host, or this node, had printed or held them already
+    kept: int = 0  # left set aside: this driver cannot send them without a second print
+
+
 class Driver(ABC):
     """One node's COSprint. Errors are `DriverError`s that name the node."""
 
@@ -109,6 +118,12 @@ class Driver(ABC):
     def spool_paths(self) -> list[Path]:
         """The files of the jobs COSprint accepted and has not printed, oldest first:
         what reclaim sets aside."""
+
+    @abstractmethod
+    def resend_set_aside(self, spool: Path) -> Resent:
+        """Send again, through this node's COSprint, the jobs reclaim moved from
+        `spool_paths` into `spool`, each to its queue's current host, and say what
+        became of each. The files stay in `spool`."""
 
     @abstractmethod
     def submit(self, queue: str, data: str, job_id: str | None = None,

@@ -18,10 +18,11 @@ from sqlalchemy import select
 from cosprint import snapshot as snapshots
 from cosprint import tables
 from cosprint.domain import Domain
-from cosprint.driver import Driver, ServiceStatus
+from cosprint.driver import Driver, Resent, ServiceStatus
 from cosprint.drivers.cups.conf import CupsError
 from cosprint.drivers.cups.cupsd import POLL, START_TIMEOUT, STOP_TIMEOUT
 from cosprint.drivers.cups.spooled import (
+    CONTROL_FILE_RE,
     UNFINISHED,
     control_files,
     read_job,
@@ -231,6 +232,16 @@ class CupsDriver(CupsConfig, Driver):
         """The files of unfinished jobs in this cupsd's spool (control file first, then
         its documents), oldest job first; an unreadable control file is included."""
         return unfinished_files(self.request_root)
+
+    def resend_set_aside(self, spool: Path) -> Resent:
+        """Sends none, and counts each set-aside job as kept: a CUPS job carries no id
+        its queue's new host could know it by, and a `failover --with-spool` may have
+        printed it there already (resubmitted from the hand-over)."""
+        kept = sum(bool(CONTROL_FILE_RE.match(p.name)) for p in unfinished_files(spool))
+        if kept:
+            self.log(f"reclaim: {kept} set-aside job(s) kept in {spool}, not sent again: "
+                     "print with lp those that the hand-over did not")
+        return Resent(sent=0, duplicates=0, kept=kept)
 
     def resubmit_incoming(self) -> list[str]:
         """Print here the unfinished jobs a failed server's spool handed over."""
