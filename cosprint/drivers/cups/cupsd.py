@@ -77,6 +77,17 @@ sys.exit(0)
 '''
 
 
+def write_if_changed(path: Path, text: str) -> None:
+    """Write `text` to `path` atomically unless it holds it already: an unchanged file
+    keeps its mtime (a client's status reads its start time from client.conf's)."""
+    try:
+        same = path.read_text() == text
+    except OSError:
+        same = False
+    if not same:
+        atomic_write_bytes(path, text.encode())
+
+
 class Cupsd(NodeFiles):
     """A node's cupsd and CUPS tools, as the CUPS driver runs them."""
 
@@ -242,12 +253,7 @@ class Cupsd(NodeFiles):
             "",
         ])
         for path, text in ((self.cupsd_conf, cupsd_conf), (self.files_conf, files_conf)):
-            try:
-                same = path.read_text() == text
-            except OSError:
-                same = False
-            if not same:
-                atomic_write_bytes(path, text.encode())
+            write_if_changed(path, text)
         system = Path(s.server_bin)
         for sub in ("backend", "filter", "notifier", "daemon", "monitor", "cgi-bin"):
             (self.server_bin / sub).mkdir(parents=True, exist_ok=True)
@@ -262,12 +268,7 @@ class Cupsd(NodeFiles):
         sink = self.server_bin / "backend" / SINK_SCHEME
         text = SINK_BACKEND.format(python=sys.executable, node=self.node,
                                    sink=str(self.sink_dir), scheme=SINK_SCHEME)
-        try:
-            same = sink.read_text() == text
-        except OSError:
-            same = False
-        if not same:
-            atomic_write_bytes(sink, text.encode())
+        write_if_changed(sink, text)
         # 0700 and owned by root: cupsd runs it as root, so it may write the sink.
         os.chmod(sink, 0o700)
 

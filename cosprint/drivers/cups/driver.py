@@ -20,7 +20,7 @@ from cosprint import tables
 from cosprint.domain import Domain
 from cosprint.driver import Driver, Resent, ServiceStatus
 from cosprint.drivers.cups.conf import CupsError
-from cosprint.drivers.cups.cupsd import POLL, START_TIMEOUT, STOP_TIMEOUT
+from cosprint.drivers.cups.cupsd import POLL, START_TIMEOUT, STOP_TIMEOUT, write_if_changed
 from cosprint.drivers.cups.spooled import (
     CONTROL_FILE_RE,
     UNFINISHED,
@@ -30,7 +30,6 @@ from cosprint.drivers.cups.spooled import (
 )
 from cosprint.drivers.cups.sync import CupsConfig
 from cosprint.errors import CosfailError, DriverError
-from cosprint.fsutil import atomic_write_bytes
 from cosprint.role import PRINTING_ROLES
 
 _REQUEST_ID_RE = re.compile(r"request id is (\S+)-(\d+) ")
@@ -155,12 +154,7 @@ class CupsDriver(CupsConfig, Driver):
                               f"{self.domain.node(master).driver!r})")
         text = (f"# client.conf of node {self.node}, written by cosfail's CUPS driver: "
                 f"the master's cupsd.\nServerName {target.address}\n")
-        try:
-            same = self.client_conf.read_text() == text
-        except OSError:
-            same = False
-        if not same:
-            atomic_write_bytes(self.client_conf, text.encode())
+        write_if_changed(self.client_conf, text)
 
     def points_at(self) -> str | None:
         """The node whose cupsd this client's client.conf names, or None."""

@@ -278,13 +278,8 @@ class CupsConfig(Cupsd):
             old = have.printers.get(name)
             if old is not None and old.key() == p.key():
                 continue
-            args = ["-p", name, "-v", p.device, "-L", p.location]
-            for k, v in sorted(p.options.items()):
-                args += ["-o", f"{k}-default={v}"]
-            for k in sorted(set(old.options if old else ()) - set(p.options)):
-                args += ["-R", f"{k}-default"]
-            if old is None:
-                args.append("-E")
+            args = ["-p", name, "-v", p.device, "-L", p.location,
+                    *_option_args(p.options, old.options if old else None)]
             self.lpadmin(f"{'create' if old is None else 'update'} printer {name}", *args)
             done.append(f"{'created' if old is None else 'updated'} printer {name}")
         for name, c in sorted(want.classes.items()):
@@ -299,13 +294,7 @@ class CupsConfig(Cupsd):
                 if member not in c.members:
                     self.lpadmin(f"remove printer {member} from class {name}",
                                  "-p", member, "-r", name)
-            args = ["-p", name]
-            for k, v in sorted(c.options.items()):
-                args += ["-o", f"{k}-default={v}"]
-            for k in sorted(set(old.options if old else ()) - set(c.options)):
-                args += ["-R", f"{k}-default"]
-            if old is None:
-                args.append("-E")
+            args = ["-p", name, *_option_args(c.options, old.options if old else None)]
             if len(args) > 2:
                 self.lpadmin(f"set the options of class {name}", *args)
             done.append(f"{'created' if old is None else 'updated'} class {name}")
@@ -332,3 +321,16 @@ class CupsConfig(Cupsd):
         if done.returncode != 0:
             err = (done.stderr or done.stdout).decode(errors="replace").strip()
             raise DriverError(f"node {self.node}: {tool} {' '.join(args)}: {err}")
+
+
+def _option_args(options: dict[str, str], old: dict[str, str] | None) -> list[str]:
+    """lpadmin's arguments that make a destination's defaults `options`, from `old` (None:
+    a new destination, enabled and accepting at once)."""
+    args: list[str] = []
+    for k, v in sorted(options.items()):
+        args += ["-o", f"{k}-default={v}"]
+    for k in sorted(set(old or ()) - set(options)):
+        args += ["-R", f"{k}-default"]
+    if old is None:
+        args.append("-E")
+    return args
