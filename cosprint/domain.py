@@ -38,7 +38,7 @@ class SSHConfig(_Strict):
 
 
 class CupsSettings(_Strict):
-    """`[node.cups]`: how the CUPS driver runs a node's cupsd (see cosprint/drivers/cups.py)."""
+    """`[node.cups]`: how the CUPS driver runs a node's cupsd (see cosprint/drivers/cups/)."""
 
     # Wrap every printer's device URI in the project's sink backend, which records each
     # job in var/sink/ instead of sending it to a device (demo and tests).

@@ -9,7 +9,7 @@ A node's worker keeps one fork server for its node (`ReferenceDriver.prepare`). 
 fork server runs the daemon's own command line plus `--fork-server FD`, so a service it
 forks keeps a command line that names its node and domain: /proc (and fencing over SSH)
 knows it for that node's cosprintd. The fork server itself is told apart by its process
-name: a service renames itself `cosprintd` (see `cosprint.daemon.names_cosprintd`).
+name: a service renames itself `cosprintd` (see `cosprint.daemon.identity.names_cosprintd`).
 The fork server exits when its starter closes its end of the socket (the worker exits
 or dies); the services it forked run on, each in a session of its own, as a service
 started from scratch would.

@@ -21,22 +21,14 @@ import pytest
 from sqlalchemy import create_engine, insert, select
 
 from cosprint import authority, designation, plainsql, tables
-from cosprint.daemon import (
-    MASTER,
-    SERVER,
-    SLAVE,
-    STALE,
-    UNVERIFIED,
-    decide_role,
-    is_cosprintd,
-    names_cosprintd,
-    spool_job,
-)
+from cosprint.daemon.identity import is_cosprintd, names_cosprintd
+from cosprint.daemon.spool import spool_job
 from cosprint.designation import Designation
 from cosprint.domain import Domain, load_domain
 from cosprint.drivers import driver_for
 from cosprint.drivers.reference import ReferenceDriver
 from cosprint.errors import DriverError
+from cosprint.role import MASTER, SERVER, SLAVE, STALE, UNVERIFIED, decide_role
 
 DOMAIN_NAME = "testdom"
 QUEUES = {"q-laser": "laser1", "q-label": "label1"}  # queue -> printer, all on srv1

@@ -209,6 +209,11 @@ def test_failover_carries_every_cups_object_loses_no_job_and_failback_restores_c
     assert cups(c, "srv1", "lpstat", "-e", check=False).split() == []
     quarantine = c.domain.home("srv1") / "var" / "reclaimed" / "1" / "spool"
     assert {p.name for p in quarantine.iterdir()} >= {j.control.name for j in pending}
+    # bcs1 printed them from the hand-over: reclaim sends none of them again, and says
+    # that it kept every one.
+    resend = next(s for s in c.ledger.steps(reclaim["id"]) if s.name == "resend_set_aside_jobs")
+    assert resend.facts == {"sent": 0, "duplicates": 0, "kept": len(pending)}, resend.outcome
+    assert f"{len(pending)} kept in {quarantine}" in resend.outcome
 
     # Failback: srv1's cupsd serves exactly what it served before it died.
     run_id = trigger.run(c.engine, FAILBACK, MoveRequest("srv1"), "test", "home again").run_id

@@ -21,7 +21,7 @@ from conftest import SSHD, free_port
 from sqlalchemy import select
 
 from cosprint import tables
-from cosprint.daemon import JOB_SUFFIX, list_spool, spool_job
+from cosprint.daemon.spool import JOB_SUFFIX, list_spool, spool_job
 from cosprint.domain import Domain, load_domain, parse_domain
 from cosprint.errors import DomainFileError
 from cosprint.snapshot import import_snapshot, list_snapshots

@@ -33,7 +33,7 @@ from pathlib import Path
 
 import paramiko
 
-from cosprint.daemon import names_cosprintd, pidfile_path
+from cosprint.daemon.identity import names_cosprintd, pidfile_path
 from cosprint.domain import Domain
 from cosprint.errors import CosfailError
 from cosprint.fsutil import TMP_SUFFIX, fsync_dir

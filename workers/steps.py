@@ -6,7 +6,6 @@ run at any step, ends in the same state (docs/architecture.md, invariant 8).
 
 from __future__ import annotations
 
-import json
 import os
 import time
 from dataclasses import asdict, dataclass
@@ -16,7 +15,6 @@ from sqlalchemy import func, select
 
 from cosprint import snapshot as snap
 from cosprint import tables
-from cosprint.daemon import JOB_SUFFIX
 from cosprint.designation import Designation
 from cosprint.drivers import driver_for
 from cosprint.errors import CosfailError, DriverError, SnapshotError, StaleEpochError
@@ -429,23 +427,12 @@ class ResendJobs:
 @step("reclaim.resend_set_aside_jobs", ResendJobs)
 def resend_set_aside_jobs(here: Here, arg: ResendJobs) -> Outcome:
     """Print what this node had accepted but not printed when it failed: each set-aside
-    job goes again, under its own id, through this node's COSprint (a slave now) to its
-    queue's current host. The ids keep it to one print: this node answers for a job it
-    printed before it failed, the host for one a client already sent again. The
+    job goes again through this node's COSprint (a slave now) to its queue's current
+    host, as its driver can without printing it twice (`Driver.resend_set_aside`). The
     set-aside copies stay where they are."""
     spool = here.domain.home(here.node) / RECLAIMED / str(arg.epoch) / "spool"
-    sent, known = 0, 0
-    for path in sorted(spool.glob(f"*{JOB_SUFFIX}")):
-        job = json.loads(path.read_bytes())
-        code, answer = here.driver.submit(job["queue"], job.get("data", ""),
-                                          job_id=job["job_id"])
-        if code != 202:
-            raise DriverError(f"set-aside job {job['job_id']} sent again via {here.node}: "
-                              f"{code} {answer.get('error', answer)}")
-        if answer.get("duplicate"):
-            known += 1
-        else:
-            sent += 1
-    return Outcome(f"sent {sent} set-aside job(s) of {here.node} to their hosts again; "
-                   f"{known} were printed or held there already",
-                   {"sent": sent, "duplicates": known})
+    r = here.driver.resend_set_aside(spool)
+    kept = f"; {r.kept} kept in {spool}, not sent again" if r.kept else ""
+    return Outcome(f"sent {r.sent} set-aside job(s) of {here.node} to their hosts again; "
+                   f"{r.duplicates} were printed or held there already{kept}",
+                   {"sent": r.sent, "duplicates": r.duplicates, "kept": r.kept})

@@ -26,7 +26,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
 
-from cosprint.daemon import JOB_SUFFIX, list_spool
+from cosprint.daemon.spool import JOB_SUFFIX, list_spool
 from cosprint.domain import Domain
 from cosprint.drivers import spool_handoff
 from cosprint.fsutil import TMP_SUFFIX, atomic_copy, fsync_dir

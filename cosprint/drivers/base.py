@@ -38,7 +38,8 @@ children = Children()
 
 
 class NodeFiles:
-    """Tables, snapshots, designation and last-running record of one node's home."""
+    """Tables, snapshots, designation and last-running record of one node's home: these
+    `Driver` calls work the same whatever serves COSprint on the node."""
 
     node: str
     home: Path

@@ -24,16 +24,10 @@ from pathlib import Path
 from typing import Any
 
 import cosprint
-from cosprint.daemon import (
-    READY,
-    is_cosprintd,
-    list_spool,
-    log_path,
-    pidfile_path,
-    read_pid,
-)
+from cosprint.daemon.identity import READY, is_cosprintd, log_path, pidfile_path, read_pid
+from cosprint.daemon.spool import JOB_SUFFIX, list_spool
 from cosprint.domain import Domain
-from cosprint.driver import ServiceStatus
+from cosprint.driver import Driver, Resent, ServiceStatus
 from cosprint.drivers.base import NodeFiles, children
 from cosprint.errors import DriverError
 from cosprint.forkserver import ForkServer
@@ -51,8 +45,13 @@ _FORK_SERVERS: dict[tuple[Path, str], ForkServer] = {}
 _FORK_SERVERS_LOCK = threading.Lock()
 
 
-class ReferenceDriver(NodeFiles):
+class ReferenceDriver(NodeFiles, Driver):
     """Drives one node's cosprintd; every method is safe to call again."""
+
+    @classmethod
+    def spool_handoff(cls, domain: Domain, source: str, here: str) -> tuple[Path, Path, str]:
+        """Spool to spool: a cosprintd prints the job files it finds in its spool."""
+        return domain.spool_dir(source), domain.spool_dir(here), JOB_SUFFIX
 
     def __init__(self, domain: Domain, node_name: str) -> None:
         domain.node(node_name)  # an unknown node fails here, naming it
@@ -329,6 +328,23 @@ class ReferenceDriver(NodeFiles):
     def spool_paths(self) -> list[Path]:
         """Complete job files in the spool, oldest first (temporary `.part` files left out)."""
         return list_spool(self.domain.spool_dir(self.node))
+
+    def resend_set_aside(self, spool: Path) -> Resent:
+        """Each job file again, under its own id: the ids keep it to one print (this node
+        answers for a job it printed before it failed, the host for one a client already
+        sent again). A job no host takes raises, naming it."""
+        sent, known = 0, 0
+        for path in sorted(spool.glob(f"*{JOB_SUFFIX}")):
+            job = json.loads(path.read_bytes())
+            code, answer = self.submit(job["queue"], job.get("data", ""), job_id=job["job_id"])
+            if code != 202:
+                raise DriverError(f"set-aside job {job['job_id']} sent again via {self.node}: "
+                                  f"{code} {answer.get('error', answer)}")
+            if answer.get("duplicate"):
+                known += 1
+            else:
+                sent += 1
+        return Resent(sent=sent, duplicates=known)
 
 
 def _wait_ready(fd: int, timeout: float) -> bool:

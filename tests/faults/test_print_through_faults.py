@@ -16,7 +16,7 @@ from dataclasses import dataclass
 
 import pytest
 
-from cosprint.daemon import SINK_DIR, spool_job
+from cosprint.daemon.spool import SINK_DIR, spool_job
 from launcher.demo import JobStream, queues_of
 from workflows import ledger as L
 from workflows import trigger
