@@ -13,21 +13,12 @@ import time
 import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass
 from functools import cache
 from typing import Any
 
 from sqlalchemy import (
-    Boolean,
-    Column,
     Connection,
     Engine,
-    Float,
-    Integer,
-    MetaData,
-    String,
-    Table,
-    Text,
     and_,
     bindparam,
     case,
@@ -39,7 +30,6 @@ from sqlalchemy import (
     make_url,
     or_,
     select,
-    text,
     update,
 )
 from sqlalchemy.exc import IntegrityError, OperationalError
@@ -47,117 +37,34 @@ from sqlalchemy.exc import IntegrityError, OperationalError
 from cosprint import authority
 from cosprint.errors import CosfailError
 
-# 2: `hosting` (who hosts each server's objects, by epoch) and `runs.subject`.
-SCHEMA_VERSION = 2
-
-metadata = MetaData()
-
-schema_version = Table(
-    "schema_version", metadata, Column("version", Integer, primary_key=True)
-)
-runs = Table(
-    "runs",
+# The schema is declared in workflows.schema; ledger users know it as ledger.<name>.
+from workflows.schema import (  # noqa: F401
+    BACKUP_LOCK,
+    DETECT_LOCK,
+    DONE,
+    FAILED,
+    HOSTING_LOCK,
+    HOSTING_MOVES,
+    PLANNED,
+    QUEUED,
+    REFUSED,
+    RETRYING,
+    RUNNING,
+    SCHEMA_VERSION,
+    SKIPPED,
+    SUCCEEDED,
+    StepRow,
+    hosting,
+    liveness,
+    locks,
     metadata,
-    Column("id", String(32), primary_key=True),
-    Column("workflow", String(40), nullable=False, index=True),
-    # The node the run concerns (the failed server, the node checked), so that "the
-    # newest reclaim of srv1" is a query, not a scan of recent runs.
-    Column("subject", String(40), index=True),
-    Column("params", Text, nullable=False),
-    Column("triggered_by", String(80), nullable=False),
-    Column("reason", Text, nullable=False, default=""),
-    Column("state", String(20), nullable=False, index=True),
-    Column("launch", Integer, nullable=False, default=1),
-    Column("created_at", Float, nullable=False),
-    Column("finished_at", Float),
-    Column("error", Text),
+    run_subject,
+    runs,
+    schema_version,
+    snapshots,
+    steps,
+    upgrade_1_to_2,
 )
-steps = Table(
-    "steps",
-    metadata,
-    Column("run_id", String(32), primary_key=True),
-    Column("idx", Integer, primary_key=True),
-    Column("node", String(40), primary_key=True),
-    Column("name", String(60), nullable=False),
-    Column("task", String(80), nullable=False),
-    Column("queue", String(60), nullable=False),
-    Column("envelope", Text, nullable=False),
-    Column("input", Text, nullable=False),
-    Column("member", Boolean, nullable=False, default=False),
-    Column("required", Boolean, nullable=False, default=True),
-    Column("state", String(20), nullable=False),
-    Column("attempt", Integer, nullable=False, default=0),
-    Column("task_id", String(64)),
-    Column("worker", String(120)),
-    Column("queued_at", Float),
-    Column("started_at", Float),
-    Column("finished_at", Float),
-    Column("outcome", Text),
-    Column("facts", Text),
-    Column("error", Text),
-)
-locks = Table(
-    "locks",
-    metadata,
-    Column("name", String(40), primary_key=True),
-    Column("run_id", String(32), nullable=False),
-    Column("owner", String(80), nullable=False),
-    Column("acquired_at", Float, nullable=False),
-    Column("lease_until", Float, nullable=False),
-)
-snapshots = Table(
-    "snapshots",
-    metadata,
-    Column("bcs", String(40), primary_key=True),
-    Column("file", String(200), primary_key=True),
-    Column("epoch", Integer, nullable=False),
-    Column("created_at", Float, nullable=False),
-    Column("verified_at", Float, nullable=False),
-    Column("rows", Integer, nullable=False),
-    Column("sha256", String(64), nullable=False),
-    Column("run_id", String(32), nullable=False),
-    Column("pruned", Boolean, nullable=False, default=False),
-)
-
-# Who hosts each server's objects: one row per hosting change (failover, switchover,
-# failback), written in the transaction that advances the domain's epoch; never updated.
-# `server` is the server whose objects moved, from `moved_from` to `hosted_by`.
-hosting = Table(
-    "hosting",
-    metadata,
-    Column("epoch", Integer, primary_key=True),
-    Column("server", String(40), nullable=False, index=True),
-    Column("moved_from", String(40), nullable=False),
-    Column("hosted_by", String(40), nullable=False),
-    Column("run_id", String(32), nullable=False),
-    Column("since", Float, nullable=False),
-)
-
-# Liveness as the detector (workflows/detect.py) saw it: one row per transition of a
-# node (up → suspect → down → up), or a new verdict while suspect; never updated.
-liveness = Table(
-    "liveness",
-    metadata,
-    Column("id", Integer, primary_key=True, autoincrement=True),
-    Column("node", String(40), nullable=False, index=True),
-    Column("state", String(20), nullable=False),
-    Column("prev_state", String(20)),
-    Column("at", Float, nullable=False),
-    Column("unreachable_since", Float),  # first observation with worker and COSprint gone
-    Column("confirmed_by", String(40)),  # the peer whose worker confirmed it down
-    Column("note", Text, nullable=False, default=""),
-)
-
-# Step and run states.
-PLANNED, QUEUED, RUNNING, RETRYING = "planned", "queued", "running", "retrying"
-SUCCEEDED, FAILED, SKIPPED = "succeeded", "failed", "skipped"
-DONE = (SUCCEEDED, SKIPPED)
-# Run states beyond those: refused (never started: bad input or lock held).
-REFUSED = "refused"
-
-HOSTING_LOCK = "hosting"
-BACKUP_LOCK = "backup"
-DETECT_LOCK = "detect"  # held (and renewed every tick) by the one active detector
 
 
 class LedgerError(CosfailError):
@@ -174,35 +81,6 @@ class LockHeld(CosfailError):
     def __init__(self, lock: str, holder: str) -> None:
         super().__init__(f"the {lock} lock is held by run {holder}")
         self.lock, self.holder = lock, holder
-
-
-@dataclass(frozen=True)
-class StepRow:
-    run_id: str
-    idx: int
-    node: str
-    name: str
-    task: str
-    queue: str
-    envelope: dict[str, Any]
-    input: dict[str, Any]
-    member: bool
-    required: bool
-    state: str
-    attempt: int
-    task_id: str | None
-    worker: str | None
-    queued_at: float | None
-    started_at: float | None
-    finished_at: float | None
-    outcome: str | None
-    facts: dict[str, Any] | None
-    error: str | None
-
-    def as_json(self) -> dict[str, Any]:
-        keep = ("idx", "node", "name", "state", "attempt", "started_at", "finished_at",
-                "outcome", "error", "task_id", "member")
-        return {k: getattr(self, k) for k in keep}
 
 
 def _pragmas(dbapi_conn, _record) -> None:  # type: ignore[no-untyped-def]
@@ -721,36 +599,3 @@ class Ledger:
         wanted = {(k.run_id, k.idx, k.node) for k in keys}
         return [s for rid in {k.run_id for k in keys} for s in self.steps(rid)
                 if (s.run_id, s.idx, s.node) in wanted]
-
-
-HOSTING_MOVES = ("failover", "switchover", "failback")
-
-
-def run_subject(workflow: str, params: dict[str, Any]) -> str | None:
-    """The node a run of schema 1 concerned, from its parameters. A failback's
-    `server` there named the BCS it moved hosting from; its subject is the server."""
-    plan = params.get("plan") or {}
-    if workflow == "failback":
-        return plan.get("bcs")
-    return (params.get("request") or {}).get("server") or params.get("server") \
-        or params.get("node")
-
-
-def upgrade_1_to_2(conn: Connection) -> None:
-    """Give every run its subject and fill `hosting` from the succeeded hosting moves,
-    which schema 1 kept only in runs' parameters."""
-    conn.execute(text("ALTER TABLE runs ADD COLUMN subject VARCHAR(40)"))
-    conn.execute(text("CREATE INDEX ix_runs_subject ON runs (subject)"))
-    rows = conn.execute(select(runs.c.id, runs.c.workflow, runs.c.params, runs.c.state,
-                               runs.c.created_at, runs.c.finished_at)
-                        .order_by(runs.c.created_at)).all()
-    for r in rows:
-        params = json.loads(r.params)
-        conn.execute(update(runs).where(runs.c.id == r.id)
-                     .values(subject=run_subject(r.workflow, params)))
-        plan = params.get("plan") or {}
-        if r.workflow in HOSTING_MOVES and r.state == SUCCEEDED and plan.get("bcs"):
-            conn.execute(insert(hosting).values(
-                epoch=plan["epoch_after"], server=run_subject(r.workflow, params),
-                moved_from=plan["server"], hosted_by=plan["bcs"], run_id=r.id,
-                since=r.finished_at or r.created_at))
