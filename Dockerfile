@@ -19,6 +19,7 @@ ENV PYTHONUNBUFFERED=1 \
 
 WORKDIR /src
 COPY pyproject.toml README.md ./
+COPY cosfail ./cosfail
 COPY api ./api
 COPY cosprint ./cosprint
 COPY launcher ./launcher

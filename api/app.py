@@ -6,18 +6,17 @@ import secrets
 from dataclasses import asdict
 from typing import Annotated, Any
 
+from cosfail.cosprint.domain import Domain
+from cosfail.cosprint.errors import CosfailError
+from cosfail.workers.app import configure
+from cosfail.workflows import ledger as L
+from cosfail.workflows.engine import Engine
+from cosfail.workflows.refusal import Refused
 from fastapi import Depends, FastAPI, HTTPException, Request
 from fastapi.responses import JSONResponse, PlainTextResponse
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from fastapi.security.utils import get_authorization_scheme_param
 from pydantic import BaseModel, ConfigDict
-
-from cosprint.domain import Domain
-from cosprint.errors import CosfailError
-from workers.app import configure
-from workflows import ledger as L
-from workflows.engine import Engine
-from workflows.refusal import Refused
 
 
 class FailoverBody(BaseModel):
@@ -124,7 +123,7 @@ def create_app(domain: Domain) -> FastAPI:
         return {"status": "ok"}
 
     def start(wf: Any, request: Any, who: str, reason: str, dry_run: bool) -> dict[str, Any]:
-        from workflows import trigger
+        from cosfail.workflows import trigger
 
         planned = trigger.plan(eng, wf, request)
         if dry_run:
@@ -134,8 +133,8 @@ def create_app(domain: Domain) -> FastAPI:
 
     @app.post("/backup", status_code=202)
     def backup(who: Caller, body: ReasonBody | None = None) -> dict[str, Any]:
-        from workflows import trigger
-        from workflows.backup import BACKUP, BackupRequest
+        from cosfail.workflows import trigger
+        from cosfail.workflows.backup import BACKUP, BackupRequest
 
         started = trigger.run(eng, BACKUP, BackupRequest(), who, (body or ReasonBody()).reason)
         if started.state == L.SKIPPED:
@@ -145,8 +144,8 @@ def create_app(domain: Domain) -> FastAPI:
 
     @app.post("/failover", status_code=202)
     def failover(body: FailoverBody, who: Caller) -> dict[str, Any]:
-        from workflows.failover import FAILOVER
-        from workflows.plan import FailoverRequest
+        from cosfail.workflows.failover import FAILOVER
+        from cosfail.workflows.plan import FailoverRequest
 
         req = FailoverRequest(server=body.server, to=body.to, best=body.best,
                               force=body.force, with_spool=body.with_spool)
@@ -154,8 +153,8 @@ def create_app(domain: Domain) -> FastAPI:
 
     @app.post("/switchover", status_code=202)
     def switchover(body: MoveBody, who: Caller) -> dict[str, Any]:
-        from workflows.plan import MoveRequest
-        from workflows.switchover import SWITCHOVER
+        from cosfail.workflows.plan import MoveRequest
+        from cosfail.workflows.switchover import SWITCHOVER
 
         if not body.to:
             raise CosfailError("switchover needs `to`: the BCS to move to")
@@ -164,21 +163,21 @@ def create_app(domain: Domain) -> FastAPI:
 
     @app.post("/reclaim", status_code=202)
     def reclaim(body: MoveBody, who: Caller) -> dict[str, Any]:
-        from workflows.plan import MoveRequest
-        from workflows.reclaim import RECLAIM
+        from cosfail.workflows.plan import MoveRequest
+        from cosfail.workflows.reclaim import RECLAIM
 
         return start(RECLAIM, MoveRequest(body.server), who, body.reason, body.dry_run)
 
     @app.post("/failback", status_code=202)
     def failback(body: MoveBody, who: Caller) -> dict[str, Any]:
-        from workflows.plan import MoveRequest
-        from workflows.switchover import FAILBACK
+        from cosfail.workflows.plan import MoveRequest
+        from cosfail.workflows.switchover import FAILBACK
 
         return start(FAILBACK, MoveRequest(body.server), who, body.reason, body.dry_run)
 
     @app.get("/status")
     def status(who: Caller) -> dict[str, Any]:
-        from workflows.status import domain_status
+        from cosfail.workflows.status import domain_status
 
         return domain_status(eng)
 
@@ -193,7 +192,7 @@ def create_app(domain: Domain) -> FastAPI:
 
     @app.post("/runs/{run_id}/resume", status_code=202)
     def resume(run_id: str, who: Caller) -> dict[str, Any]:
-        from workflows.liveness import alive_workers
+        from cosfail.workflows.liveness import alive_workers
 
         eng.ledger.run(run_id)
         eng.reap_lost_steps(run_id, alive=alive_workers())
@@ -201,7 +200,7 @@ def create_app(domain: Domain) -> FastAPI:
 
     @app.get("/metrics", response_class=PlainTextResponse)
     def metrics(who: Caller) -> str:
-        from workflows.metrics import render
+        from cosfail.workflows.metrics import render
 
         return render(eng)
 

@@ -17,11 +17,10 @@ from pathlib import Path
 from typing import Annotated, Any
 
 import typer
+from cosfail.cosprint.domain import Domain, load_domain
+from cosfail.cosprint.errors import CosfailError
+from cosfail.workflows.health import HEALTH_COMPONENTS, component_health
 from rich.console import Console
-
-from cosprint.domain import Domain, load_domain
-from cosprint.errors import CosfailError
-from workflows.health import HEALTH_COMPONENTS, component_health
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, rich_markup_mode=None,
                   help="cosfail: failover for COSprint print domains.")
@@ -52,7 +51,7 @@ def guarded(fn: Callable[..., Any]) -> Callable[..., Any]:
 
     @wraps(fn)
     def wrapper(*args: Any, **kwargs: Any) -> Any:
-        from workers.app import BrokerUnreachable
+        from cosfail.workers.app import BrokerUnreachable
 
         try:
             return fn(*args, **kwargs)
@@ -75,8 +74,8 @@ def _domain(path: Path | None) -> Domain:
 
 
 def _engine(path: Path | None, need_broker: bool = True):  # type: ignore[no-untyped-def]
-    from workers.app import check_broker, configure
-    from workflows.engine import Engine
+    from cosfail.workers.app import check_broker, configure
+    from cosfail.workflows.engine import Engine
 
     domain = _domain(path)
     configure(domain)
@@ -113,7 +112,7 @@ def worker(
     d = _domain(domain)
     if node:
         d.node(node)
-    from workflows.runtime import run_worker
+    from cosfail.workflows.runtime import run_worker
 
     run_worker(d, node, concurrency)
 
@@ -122,14 +121,14 @@ def worker(
 @guarded
 def beat(domain: DomainOpt = None) -> None:
     """Run celery beat: a backup every [control].backup_interval seconds."""
-    from workers.runner import run_beat
+    from cosfail.workers.runner import run_beat
 
     run_beat(_domain(domain))
 
 
 # ----- runs -----------------------------------------------------------------------------
 def _finish(eng, run_id: str, wait: bool, as_json: bool, state: str = "running") -> None:  # type: ignore[no-untyped-def]
-    from api import view
+    from cosfail.api import view
 
     if not wait:
         if as_json:
@@ -148,8 +147,8 @@ def _finish(eng, run_id: str, wait: bool, as_json: bool, state: str = "running")
 def backup(domain: DomainOpt = None, wait: WaitOpt = False, as_json: JsonOpt = False,
            reason: ReasonOpt = "on demand") -> None:
     """A backup run now."""
-    from workflows import trigger
-    from workflows.backup import BACKUP, BackupRequest
+    from cosfail.workflows import trigger
+    from cosfail.workflows.backup import BACKUP, BackupRequest
 
     eng = _engine(domain)
     started = trigger.run(eng, BACKUP, BackupRequest(), who(), reason)
@@ -162,7 +161,7 @@ def backup(domain: DomainOpt = None, wait: WaitOpt = False, as_json: JsonOpt = F
 @guarded
 def runs(domain: DomainOpt = None, limit: int = 20, as_json: JsonOpt = False) -> None:
     """The latest runs."""
-    from api import view
+    from cosfail.api import view
 
     eng = _engine(domain, need_broker=False)
     rows = eng.ledger.runs(limit)
@@ -176,7 +175,7 @@ def runs(domain: DomainOpt = None, limit: int = 20, as_json: JsonOpt = False) ->
 @guarded
 def run(run_id: str, domain: DomainOpt = None, as_json: JsonOpt = False) -> None:
     """One run with its steps."""
-    from api import view
+    from cosfail.api import view
 
     eng = _engine(domain, need_broker=False)
     if as_json:
@@ -191,7 +190,7 @@ def resume(run_id: str, domain: DomainOpt = None, wait: WaitOpt = False,
            as_json: JsonOpt = False) -> None:
     """Resume a failed run from its failed step."""
     eng = _engine(domain)
-    from workflows.liveness import alive_workers
+    from cosfail.workflows.liveness import alive_workers
 
     eng.reap_lost_steps(run_id, alive=alive_workers())
     idx = eng.resume(run_id)
@@ -229,7 +228,7 @@ def _start_confirmed(eng: Any, wf: Any, request: Any, what: str, dry_run: bool, 
     """Plan, show the plan and ask (unless --yes), then start exactly that plan."""
     from dataclasses import asdict
 
-    from workflows import trigger
+    from cosfail.workflows import trigger
 
     planned = trigger.plan(eng, wf, request)
     if as_json and dry_run:
@@ -263,8 +262,8 @@ def failover(
     reason: ReasonOpt = "",
 ) -> None:
     """Fail SERVER over to a BCS (--to BCS, or --best)."""
-    from workflows.failover import FAILOVER
-    from workflows.plan import FailoverRequest
+    from cosfail.workflows.failover import FAILOVER
+    from cosfail.workflows.plan import FailoverRequest
 
     if (to is None) == (not best):
         raise refuse("give exactly one of --to BCS or --best")
@@ -283,8 +282,8 @@ def switchover(
     wait: WaitOpt = False, as_json: JsonOpt = False, reason: ReasonOpt = "",
 ) -> None:
     """Planned move of SERVER's objects to a BCS, with zero data loss."""
-    from workflows.plan import MoveRequest
-    from workflows.switchover import SWITCHOVER
+    from cosfail.workflows.plan import MoveRequest
+    from cosfail.workflows.switchover import SWITCHOVER
 
     _start_confirmed(_engine(domain), SWITCHOVER, MoveRequest(server, to), "Switch over",
                      dry_run, yes, wait, as_json, reason)
@@ -297,9 +296,9 @@ def reclaim(server: str, dry_run: DryRunOpt = False, domain: DomainOpt = None,
     """Bring a failed-over SERVER back as a slave (its obsolete data is set aside)."""
     from dataclasses import asdict
 
-    from workflows import trigger
-    from workflows.plan import MoveRequest
-    from workflows.reclaim import RECLAIM
+    from cosfail.workflows import trigger
+    from cosfail.workflows.plan import MoveRequest
+    from cosfail.workflows.reclaim import RECLAIM
 
     eng = _engine(domain)
     planned = trigger.plan(eng, RECLAIM, MoveRequest(server))
@@ -316,8 +315,8 @@ def failback(server: str, dry_run: DryRunOpt = False, yes: YesOpt = False,
              domain: DomainOpt = None, wait: WaitOpt = False, as_json: JsonOpt = False,
              reason: ReasonOpt = "") -> None:
     """Move hosting back to a reclaimed SERVER from the BCS that took it over."""
-    from workflows.plan import MoveRequest
-    from workflows.switchover import FAILBACK
+    from cosfail.workflows.plan import MoveRequest
+    from cosfail.workflows.switchover import FAILBACK
 
     _start_confirmed(_engine(domain), FAILBACK, MoveRequest(server), "Fail back", dry_run,
                      yes, wait, as_json, reason)
@@ -327,8 +326,8 @@ def failback(server: str, dry_run: DryRunOpt = False, yes: YesOpt = False,
 @guarded
 def status(domain: DomainOpt = None, as_json: JsonOpt = False) -> None:
     """Nodes, roles, master, epoch, COSprint up/down, last verified backup and its age."""
-    from api import view
-    from workflows.status import domain_status
+    from cosfail.api import view
+    from cosfail.workflows.status import domain_status
 
     st = domain_status(_engine(domain))
     if as_json:
@@ -343,7 +342,7 @@ def watch(domain: DomainOpt = None) -> None:
     """Watch every node's worker and COSprint: record up/suspect/down in the ledger, run
     [detect].notify_command on each transition and, only where [detect].auto_failover is
     on, fail a confirmed-down server over to the best BCS, within its guards."""
-    from workflows.detect import watch as run_watch
+    from cosfail.workflows.detect import watch as run_watch
 
     run_watch(_engine(domain))
 
@@ -353,8 +352,7 @@ def watch(domain: DomainOpt = None) -> None:
 def serve_api(domain: DomainOpt = None) -> None:
     """Serve the trigger API on [control].api."""
     import uvicorn
-
-    from api.app import create_app
+    from cosfail.api.app import create_app
 
     d = _domain(domain)
     host, _, port = d.control.api.rpartition(":")
@@ -366,7 +364,7 @@ def serve_api(domain: DomainOpt = None) -> None:
 def flower(domain: DomainOpt = None) -> None:
     """Serve Flower at the domain's flower address, with basic auth from its
     flower_auth_file, each run's page, and a Retry button on a failed step's page."""
-    from api.flower import serve
+    from cosfail.api.flower import serve
 
     serve(_domain(domain))
 

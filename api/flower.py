@@ -27,14 +27,13 @@ from pathlib import Path
 from typing import Any
 
 import tornado.web
+from cosfail.cosprint.domain import Domain
+from cosfail.cosprint.errors import CosfailError
 from flower.views import BaseHandler
 from tornado.escape import url_escape, xhtml_escape
 from tornado.httputil import HTTPServerRequest
 from tornado.ioloop import IOLoop
 from tornado.web import OutputTransform
-
-from cosprint.domain import Domain
-from cosprint.errors import CosfailError
 
 log = logging.getLogger("cosfail.flower")
 
@@ -100,7 +99,7 @@ def run_url(prefix: str, run_id: str) -> str:
 def describe_task(eng: Any, task_id: str, prefix: str = "") -> dict[str, Any]:
     """The cosfail step whose latest attempt is Celery task `task_id`, as the ledger has
     it, and whether a retry would be accepted; Refusal(404) when there is no such step."""
-    from workflows import ledger as L
+    from cosfail.workflows import ledger as L
 
     row = eng.ledger.step_by_task(task_id)
     if row is None:
@@ -127,7 +126,7 @@ def describe_task(eng: Any, task_id: str, prefix: str = "") -> dict[str, Any]:
 def retry_task(eng: Any, task_id: str, prefix: str = "",
                alive: Callable[[], set[str]] | None = None) -> dict[str, Any]:
     """Resume the run of the failed step `task_id` from its first step not done."""
-    from workflows import ledger as L
+    from cosfail.workflows import ledger as L
 
     info = describe_task(eng, task_id, prefix)
     if info["run_state"] == L.RUNNING and alive is not None:
@@ -175,7 +174,7 @@ class RetryHandler(_Handler):
     async def post(self, task_id: str) -> None:
         if self.application.options.read_only:
             return self.refuse(403, "Flower runs read-only: retry is disabled")
-        from workflows.liveness import alive_workers
+        from cosfail.workflows.liveness import alive_workers
 
         try:
             answer = await self.blocking(retry_task, self.eng, task_id, self.prefix,
@@ -207,8 +206,8 @@ class RunHandler(_Handler):
 
     @tornado.web.authenticated
     async def get(self, run_id: str) -> None:
-        from api import view
-        from workflows import ledger as L
+        from cosfail.api import view
+        from cosfail.workflows import ledger as L
 
         try:
             data = await self.blocking(view.run_json, self.eng, run_id)
@@ -253,13 +252,12 @@ class TaskPageScript(OutputTransform):
 
 def make_flower(domain: Domain, options: Any) -> Any:
     """Flower's application for the domain, with our routes and the task-page script."""
+    from cosfail.workers.app import configure
+    from cosfail.workflows import backup, control  # noqa: F401  (registers every step task)
+    from cosfail.workflows.engine import Engine
     from flower.app import Flower, rewrite_handler
     from flower.command import extract_settings
     from flower.urls import settings
-
-    from workers.app import configure
-    from workflows import backup, control  # noqa: F401  (registers every step task)
-    from workflows.engine import Engine
 
     capp = configure(domain)
     eng = Engine(domain)
@@ -286,9 +284,8 @@ def make_flower(domain: Domain, options: Any) -> Any:
 
 def serve(domain: Domain) -> None:
     """Run Flower until SIGTERM (what `cosfail flower` does)."""
+    from cosfail.workers.app import check_broker
     from flower.command import setup_logging
-
-    from workers.app import check_broker
 
     options = flower_options(domain)
     check_broker(domain.broker_url)

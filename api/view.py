@@ -55,7 +55,7 @@ def run_json(eng: Any, run_id: str) -> dict[str, Any]:
 def follow(eng: Any, run_id: str, console: Console, quiet: bool = False,
            timeout: float = 900.0) -> dict[str, Any]:
     """Show the run's steps live until it ends; returns the run."""
-    from workflows.engine import wait_for
+    from cosfail.workflows.engine import wait_for
 
     if quiet:
         return wait_for(eng, run_id, timeout)

@@ -20,9 +20,10 @@ import time
 from pathlib import Path
 from typing import Any
 
+from cosfail.launcher.local import LoopbackRedis
+
 from bench import backup, failover
 from bench.common import BenchFailed, write_json
-from launcher.local import LoopbackRedis
 
 RESULTS = backup.REPO / "bench" / "results"
 QUICK_SIZES = [10_000]

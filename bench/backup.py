@@ -43,6 +43,14 @@ from pathlib import Path
 from typing import Any
 
 from celery import chain
+from cosfail.cosprint.domain import load_domain
+from cosfail.launcher.local import LocalDomain, LoopbackRedis
+from cosfail.workers.app import app, node_queue
+from cosfail.workers.step import Here, step
+from cosfail.workflows import trigger
+from cosfail.workflows.backup import BACKUP, BackupRequest
+from cosfail.workflows.engine import Do
+from cosfail.workflows.state import current_state
 
 from bench.common import (
     BenchFailed,
@@ -53,14 +61,6 @@ from bench.common import (
     run_header,
     write_json,
 )
-from cosprint.domain import load_domain
-from launcher.local import LocalDomain, LoopbackRedis
-from workers.app import app, node_queue
-from workers.step import Here, step
-from workflows import trigger
-from workflows.backup import BACKUP, BackupRequest
-from workflows.engine import Do
-from workflows.state import current_state
 
 REPO = Path(__file__).resolve().parent.parent
 RESULTS = REPO / "bench" / "results" / "backup.json"
@@ -322,7 +322,7 @@ def main() -> None:
     p.add_argument("-d", "--domain", help=argparse.SUPPRESS)
     args = p.parse_args()
     if args.serve:
-        from workflows.runtime import run_worker
+        from cosfail.workflows.runtime import run_worker
 
         run_worker(load_domain(args.domain), args.serve)
         return

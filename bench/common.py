@@ -12,14 +12,14 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
-from cosprint.domain import Domain, load_domain
-from cosprint.fsutil import atomic_write_bytes
-from launcher.demo_domain import init_demo
-from launcher.local import LocalDomain
-from workers.app import configure
-from workflows import ledger as L
-from workflows.engine import Engine
-from workflows.state import current_state
+from cosfail.cosprint.domain import Domain, load_domain
+from cosfail.cosprint.fsutil import atomic_write_bytes
+from cosfail.launcher.demo_domain import init_demo
+from cosfail.launcher.local import LocalDomain
+from cosfail.workers.app import configure
+from cosfail.workflows import ledger as L
+from cosfail.workflows.engine import Engine
+from cosfail.workflows.state import current_state
 
 
 class BenchFailed(Exception):

@@ -46,6 +46,16 @@ import time
 from pathlib import Path
 from typing import Any, NamedTuple
 
+from cosfail.cosprint import authority, designation, tables
+from cosfail.cosprint.designation import Designation
+from cosfail.cosprint.drivers import driver_for
+from cosfail.launcher.local import LocalError, LoopbackRedis, pid_alive
+from cosfail.workflows import ledger as L
+from cosfail.workflows import trigger
+from cosfail.workflows.backup import BACKUP, BackupRequest
+from cosfail.workflows.failover import FAILOVER
+from cosfail.workflows.plan import FailoverRequest
+from cosfail.workflows.state import current_state
 from sqlalchemy import delete, update
 
 from bench.common import (
@@ -58,16 +68,6 @@ from bench.common import (
     run_header,
     write_json,
 )
-from cosprint import authority, designation, tables
-from cosprint.designation import Designation
-from cosprint.drivers import driver_for
-from launcher.local import LocalError, LoopbackRedis, pid_alive
-from workflows import ledger as L
-from workflows import trigger
-from workflows.backup import BACKUP, BackupRequest
-from workflows.failover import FAILOVER
-from workflows.plan import FailoverRequest
-from workflows.state import current_state
 
 REPO = Path(__file__).resolve().parent.parent
 RESULTS = REPO / "bench" / "results" / "failover.json"

@@ -9,6 +9,9 @@ from __future__ import annotations
 
 import time
 
+from cosfail.cosprint import plainsql
+from cosfail.cosprint.designation import Designation
+from cosfail.cosprint.errors import StaleEpochError
 from sqlalchemy import (
     Column,
     Connection,
@@ -22,10 +25,6 @@ from sqlalchemy import (
     update,
 )
 from sqlalchemy.exc import IntegrityError
-
-from cosprint import plainsql
-from cosprint.designation import Designation
-from cosprint.errors import StaleEpochError
 
 metadata = MetaData()
 

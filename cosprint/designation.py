@@ -10,8 +10,8 @@ import json
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
-from cosprint.errors import DesignationError
-from cosprint.fsutil import atomic_write_bytes
+from cosfail.cosprint.errors import DesignationError
+from cosfail.cosprint.fsutil import atomic_write_bytes
 
 DESIGNATION = Path("etc/master")
 LAST_RUNNING = Path("var/last_master")

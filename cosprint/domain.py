@@ -13,9 +13,8 @@ import tomllib
 from pathlib import Path
 from typing import Any, Literal
 
+from cosfail.cosprint.errors import DomainFileError, UnknownNodeError
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
-
-from cosprint.errors import DomainFileError, UnknownNodeError
 
 # Names become queue names, directory names and SSH arguments: keep them boring.
 NAME_PATTERN = r"^[a-z][a-z0-9_-]{0,39}$"

@@ -15,9 +15,9 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
-    from cosprint.designation import Designation
-    from cosprint.domain import Domain
-    from cosprint.snapshot import Manifest
+    from cosfail.cosprint.designation import Designation
+    from cosfail.cosprint.domain import Domain
+    from cosfail.cosprint.snapshot import Manifest
 
 
 @dataclass(frozen=True)

@@ -25,7 +25,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from cosprint.errors import DriverError
+from cosfail.cosprint.errors import DriverError
 
 if TYPE_CHECKING:
     import subprocess

@@ -10,7 +10,7 @@ from __future__ import annotations
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
-    from cosprint.designation import Designation
+    from cosfail.cosprint.designation import Designation
 
 MASTER, SERVER, SLAVE, STALE, UNVERIFIED = "master", "server", "slave", "stale", "unverified"
 PRINTING_ROLES = frozenset({MASTER, SERVER})

@@ -24,12 +24,11 @@ from contextlib import closing
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
+from cosfail.cosprint import tables
+from cosfail.cosprint.errors import SnapshotError
+from cosfail.cosprint.fsutil import TMP_SUFFIX, atomic_copy, atomic_write_bytes, fsync_dir
 from sqlalchemy import create_engine, delete, insert, make_url, select
 from sqlalchemy.engine import Connection
-
-from cosprint import tables
-from cosprint.errors import SnapshotError
-from cosprint.fsutil import TMP_SUFFIX, atomic_copy, atomic_write_bytes, fsync_dir
 
 FORMAT = 1
 SUFFIX = ".snap"

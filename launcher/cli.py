@@ -11,9 +11,8 @@ from pathlib import Path
 from typing import Annotated
 
 import typer
-
-from api.cli import EXIT_FAILED, DomainOpt, JsonOpt, app, emit, err, guarded, out, refuse
-from cosprint.domain import load_domain
+from cosfail.api.cli import EXIT_FAILED, DomainOpt, JsonOpt, app, emit, err, guarded, out, refuse
+from cosfail.cosprint.domain import load_domain
 
 local_app = typer.Typer(no_args_is_help=True, help="Run the whole domain on this machine.")
 app.add_typer(local_app, name="local")
@@ -36,7 +35,7 @@ def init_demo(
     ] = "reference",
 ) -> None:
     """Write DIR/domain.toml and every node's home, with realistic objects."""
-    from launcher.demo_domain import init_demo as make
+    from cosfail.launcher.demo_domain import init_demo as make
 
     if coverage not in ("one", "each"):
         raise refuse(f"--coverage must be one or each, not {coverage!r}")
@@ -54,8 +53,8 @@ def demo(
     objects: int = 10_000, as_json: JsonOpt = False,
 ) -> None:
     """The one-command demonstration: a domain saved from losing its master."""
-    from api import view
-    from launcher.demo import run_demo
+    from cosfail.api import view
+    from cosfail.launcher.demo import run_demo
 
     console = err if as_json else out
 
@@ -85,8 +84,8 @@ def local_up(domain: DomainOpt = None,
              services: Annotated[bool, typer.Option(help="also beat, API, Flower")] = True
              ) -> None:
     """Start broker (if none answers), workers, COSprint per node, beat, API, Flower."""
-    from launcher.local import LocalDomain
-    from workers.app import configure
+    from cosfail.launcher.local import LocalDomain
+    from cosfail.workers.app import configure
 
     d = load_domain(domain)
     configure(d)
@@ -98,7 +97,7 @@ def local_up(domain: DomainOpt = None,
 @guarded
 def local_down(domain: DomainOpt = None) -> None:
     """Stop everything `local up` started."""
-    from launcher.local import LocalDomain
+    from cosfail.launcher.local import LocalDomain
 
     LocalDomain(load_domain(domain)).down()
     out.print("stopped")
@@ -108,7 +107,7 @@ def local_down(domain: DomainOpt = None) -> None:
 @guarded
 def local_status(domain: DomainOpt = None, as_json: JsonOpt = False) -> None:
     """Every local component with pid, state and URL."""
-    from launcher.local import LocalDomain
+    from cosfail.launcher.local import LocalDomain
 
     rows = LocalDomain(load_domain(domain)).status()
     if as_json:
@@ -122,7 +121,7 @@ def local_status(domain: DomainOpt = None, as_json: JsonOpt = False) -> None:
 @guarded
 def local_kill(node: str, domain: DomainOpt = None) -> None:
     """Simulate losing NODE: SIGKILL its worker and its COSprint."""
-    from launcher.local import LocalDomain
+    from cosfail.launcher.local import LocalDomain
 
     d = load_domain(domain)
     d.node(node)
@@ -134,7 +133,7 @@ def local_kill(node: str, domain: DomainOpt = None) -> None:
 @guarded
 def local_revive(node: str, domain: DomainOpt = None) -> None:
     """Bring NODE's worker back (its restart-check decides what COSprint does)."""
-    from launcher.local import LocalDomain
+    from cosfail.launcher.local import LocalDomain
 
     d = load_domain(domain)
     d.node(node)

@@ -19,23 +19,22 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from cosfail.cosprint import tables
+from cosfail.cosprint.domain import Domain, load_domain
+from cosfail.cosprint.drivers import driver_for
+from cosfail.cosprint.errors import DriverError
+from cosfail.launcher.demo_domain import init_demo
+from cosfail.launcher.local import LocalDomain, free_port
+from cosfail.workers.app import configure
+from cosfail.workflows import ledger as L
+from cosfail.workflows import trigger
+from cosfail.workflows.backup import BACKUP, BackupRequest
+from cosfail.workflows.engine import Engine
+from cosfail.workflows.failover import FAILOVER
+from cosfail.workflows.plan import FailoverRequest, MoveRequest
+from cosfail.workflows.state import current_state
+from cosfail.workflows.switchover import FAILBACK
 from sqlalchemy import select
-
-from cosprint import tables
-from cosprint.domain import Domain, load_domain
-from cosprint.drivers import driver_for
-from cosprint.errors import DriverError
-from launcher.demo_domain import init_demo
-from launcher.local import LocalDomain, free_port
-from workers.app import configure
-from workflows import ledger as L
-from workflows import trigger
-from workflows.backup import BACKUP, BackupRequest
-from workflows.engine import Engine
-from workflows.failover import FAILOVER
-from workflows.plan import FailoverRequest, MoveRequest
-from workflows.state import current_state
-from workflows.switchover import FAILBACK
 
 Say = Callable[[str], None]
 RunShown = Callable[[Engine, str], dict[str, Any]]

@@ -26,13 +26,12 @@ import tomllib
 from pathlib import Path
 from typing import Any, Literal
 
+from cosfail.cosprint import designation, tables
+from cosfail.cosprint.designation import Designation
+from cosfail.cosprint.domain import DEFAULT_DOMAIN_FILE, Control, parse_domain, resolve_sqlite_url
+from cosfail.cosprint.errors import CosfailError, DomainFileError
+from cosfail.cosprint.fsutil import atomic_copy, atomic_write_bytes, fsync_dir
 from sqlalchemy.exc import SQLAlchemyError
-
-from cosprint import designation, tables
-from cosprint.designation import Designation
-from cosprint.domain import DEFAULT_DOMAIN_FILE, Control, parse_domain, resolve_sqlite_url
-from cosprint.errors import CosfailError, DomainFileError
-from cosprint.fsutil import atomic_copy, atomic_write_bytes, fsync_dir
 
 DOMAIN_NAME = "demo"
 MASTER = "srv1"

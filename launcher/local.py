@@ -20,13 +20,13 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from urllib.parse import urlparse
 
-from cosprint.domain import Domain
-from cosprint.drivers import driver_for
-from cosprint.errors import CosfailError
-from cosprint.fsutil import atomic_write_bytes
-from workers.app import BrokerUnreachable, app, check_broker
-from workflows.engine import Engine
-from workflows.state import current_state
+from cosfail.cosprint.domain import Domain
+from cosfail.cosprint.drivers import driver_for
+from cosfail.cosprint.errors import CosfailError
+from cosfail.cosprint.fsutil import atomic_write_bytes
+from cosfail.workers.app import BrokerUnreachable, app, check_broker
+from cosfail.workflows.engine import Engine
+from cosfail.workflows.state import current_state
 
 
 class LocalError(CosfailError):
@@ -177,7 +177,7 @@ class LocalDomain:
         return comp
 
     def _cosfail(self, *args: str) -> list[str]:
-        return [sys.executable, "-m", "launcher.cli", *args, "-d", str(self.domain.path)]
+        return [sys.executable, "-m", "cosfail.launcher.cli", *args, "-d", str(self.domain.path)]
 
     # ----- components ----------------------------------------------------------------------
     def ensure_broker(self) -> Component | None:

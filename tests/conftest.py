@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import os
 import re
+import shutil
 import signal
 import socket
 import subprocess
@@ -16,17 +17,16 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-
-from cosprint import authority, tables
-from cosprint.domain import Domain, load_domain
-from cosprint.drivers import driver_for
-from launcher.demo_domain import init_demo
-from launcher.local import LocalDomain, LoopbackRedis, free_port, pid_alive
-from workers.app import configure
-from workflows import trigger
-from workflows.backup import BACKUP, BackupRequest
-from workflows.engine import Engine, wait_for
-from workflows.state import current_state
+from cosfail.cosprint import authority, tables
+from cosfail.cosprint.domain import Domain, load_domain
+from cosfail.cosprint.drivers import driver_for
+from cosfail.launcher.demo_domain import init_demo
+from cosfail.launcher.local import LocalDomain, LoopbackRedis, free_port, pid_alive
+from cosfail.workers.app import configure
+from cosfail.workflows import trigger
+from cosfail.workflows.backup import BACKUP, BackupRequest
+from cosfail.workflows.engine import Engine, wait_for
+from cosfail.workflows.state import current_state
 
 REPO = Path(__file__).resolve().parent.parent
 ARTIFACTS = REPO / "tests" / "artifacts"
@@ -169,8 +169,7 @@ class Cluster:
         """Start this domain's real `cosfail api` process; return an httpx client
         carrying the token, once the API answers."""
         import httpx
-
-        from api.app import read_token
+        from cosfail.api.app import read_token
 
         comp = self.local.start_api()
         client = httpx.Client(base_url=comp.url, timeout=30,
@@ -234,7 +233,7 @@ def watch_masters() -> type[MasterWatcher]:
 def run_cli(*args: str, check: bool = False, env: dict[str, str] | None = None,
             timeout: float = 300) -> subprocess.CompletedProcess[str]:
     return subprocess.run(  # noqa: S603
-        [sys.executable, "-m", "launcher.cli", *args], capture_output=True, text=True,
+        [sys.executable, "-m", "cosfail.launcher.cli", *args], capture_output=True, text=True,
         check=check, timeout=timeout, cwd=REPO, env={**os.environ, **(env or {})})
 
 
@@ -293,8 +292,7 @@ def flower() -> Iterator:  # type: ignore[type-arg]
     """Factory: flower(cluster) starts `cosfail flower` for a running cluster (stopped
     with it) and returns once Flower answers and receives the workers' task events."""
     import httpx
-
-    from workflows.liveness import probe_all
+    from cosfail.workflows.liveness import probe_all
 
     def start(cluster: Cluster) -> FlowerServer:
         comp = cluster.local.start_flower()
@@ -445,6 +443,55 @@ def sshd(tmp_path_factory: pytest.TempPathFactory) -> Iterator[SSHD]:
     server.start()
     yield server
     server.stop()
+
+
+class InstalledCosfail:
+    """cosfail's wheel, built from the files the Dockerfile copies and installed into a
+    fresh venv. The venv borrows the test venv's third-party packages through a .pth
+    file (installing them again would cost a minute of CI); cosfail itself is only the
+    wheel's, since an added path's own .pth files (the editable install's hook) are not
+    read."""
+
+    def __init__(self, root: Path) -> None:
+        self.root = root
+        self.wheel = next((root / "dist").glob("cosfail-*.whl"))
+        self.venv = root / "venv"
+        self.bin = self.venv / "bin"
+        [self.site_packages] = self.venv.glob("lib/python*/site-packages")
+
+    @classmethod
+    def build(cls, root: Path) -> InstalledCosfail:
+        src = root / "src"
+        docker = (REPO / "Dockerfile").read_text()
+        for name in re.findall(r"^COPY (\S+) \./", docker, re.M):
+            if (REPO / name).is_dir():
+                shutil.copytree(REPO / name, src / name,
+                                ignore=shutil.ignore_patterns("__pycache__"))
+        for name in ("pyproject.toml", "README.md"):
+            shutil.copy2(REPO / name, src / name)
+        pip = [sys.executable, "-m", "pip", "--disable-pip-version-check", "-q"]
+        subprocess.run([*pip, "wheel", "--no-deps", "-w", str(root / "dist"), str(src)],  # noqa: S603
+                       check=True, timeout=300)
+        subprocess.run([sys.executable, "-m", "venv", "--without-pip", str(root / "venv")],  # noqa: S603
+                       check=True, timeout=120)
+        built = cls(root)
+        subprocess.run([*pip, "--python", str(built.bin / "python"), "install", "--no-deps",  # noqa: S603
+                        str(built.wheel)], check=True, timeout=300)
+        borrowed = [p for p in sys.path if p.endswith("site-packages")]
+        (built.site_packages / "test-venv-packages.pth").write_text("\n".join(borrowed) + "\n")
+        return built
+
+    def run(self, *argv: str,
+            env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
+        """`argv` run in the fresh venv, from outside the source tree."""
+        return subprocess.run(  # noqa: S603
+            argv, capture_output=True, text=True, timeout=120, cwd=self.root,
+            env={"PATH": f"{self.bin}{os.pathsep}{os.environ['PATH']}", **(env or {})})
+
+
+@pytest.fixture(scope="session")
+def installed_cosfail(tmp_path_factory: pytest.TempPathFactory) -> InstalledCosfail:
+    return InstalledCosfail.build(tmp_path_factory.mktemp("wheel"))
 
 
 @pytest.fixture

@@ -4,8 +4,7 @@ from __future__ import annotations
 
 import httpx
 import pytest
-
-from cosprint.designation import Designation
+from cosfail.cosprint.designation import Designation
 
 
 @pytest.fixture

@@ -15,14 +15,13 @@ from pathlib import Path
 from typing import TypeVar
 
 from conftest import free_port, run_cli
-
-from cosprint import tables
-from cosprint.snapshot import import_snapshot, list_snapshots
-from launcher.demo_domain import init_demo
-from launcher.local import pid_alive
-from workers.steps import OUTBOX, is_verified
-from workflows import trigger
-from workflows.backup import BACKUP, BackupRequest
+from cosfail.cosprint import tables
+from cosfail.cosprint.snapshot import import_snapshot, list_snapshots
+from cosfail.launcher.demo_domain import init_demo
+from cosfail.launcher.local import pid_alive
+from cosfail.workers.steps import OUTBOX, is_verified
+from cosfail.workflows import trigger
+from cosfail.workflows.backup import BACKUP, BackupRequest
 
 T = TypeVar("T")
 

@@ -37,9 +37,8 @@ from typing import Any
 import pytest
 import yaml
 from conftest import REPO, RedisServer, free_port
+from cosfail.cosprint.domain import load_domain
 from sqlalchemy.engine import make_url
-
-from cosprint.domain import load_domain
 
 pytestmark = pytest.mark.timeout(180)
 
@@ -241,18 +240,19 @@ def test_dockerfile_builds_a_non_root_image_with_everything_the_code_reads() -> 
     assert patterns[0] == "*", patterns
     assert not [p for p in patterns if p.startswith(("!deploy", "!.venv", "!tests"))]
     setuptools = tomllib.loads((REPO / "pyproject.toml").read_text())["tool"]["setuptools"]
-    packages = [p.rstrip("*") for p in setuptools["packages"]["find"]["include"]]
+    # the source directory of each installed top package: cosfail/ and those it maps
+    sources = {"cosfail": "cosfail", **setuptools["package-dir"]}
     # a package the Dockerfile leaves out installs nowhere in the image: `cosfail` fails
-    for pkg in packages:
-        assert f"COPY {pkg} ./{pkg}\n" in text and f"!{pkg}" in patterns, pkg
+    for src in sources.values():
+        assert f"COPY {src} ./{src}\n" in text and f"!{src}" in patterns, src
     # `pip install .` ships only what setuptools is told about: every non-Python file
     # a package reads next to itself must match [tool.setuptools.package-data]
     package_data = setuptools.get("package-data", {})
-    for pkg in packages:
-        for f in (REPO / pkg).rglob("*"):
+    for pkg, src in sources.items():
+        for f in (REPO / src).rglob("*"):
             if f.is_file() and f.suffix not in (".py", ".pyc") and "__pycache__" not in f.parts:
                 patterns = package_data.get(pkg, [])
-                assert any(f.relative_to(REPO / pkg).match(p) for p in patterns), (
+                assert any(f.relative_to(REPO / src).match(p) for p in patterns), (
                     f"{f.relative_to(REPO)} would be missing from the image: add it to "
                     "[tool.setuptools.package-data] in pyproject.toml")
 
@@ -451,7 +451,7 @@ class Native:
                 _signal_group(proc.pid, signal.SIGKILL)
                 proc.wait(timeout=10)
         if self.domain_file.exists():
-            from cosprint.drivers import driver_for
+            from cosfail.cosprint.drivers import driver_for
 
             domain = load_domain(self.domain_file)
             for node in domain.names():
@@ -595,7 +595,7 @@ def test_service_starts_natively_and_passes_its_healthcheck(native: Native, conf
 
 def test_node_workers_started_their_cosprint(native: Native) -> None:
     """The reference driver runs each node's COSprint next to its worker."""
-    from cosprint.drivers import driver_for
+    from cosfail.cosprint.drivers import driver_for
 
     domain = load_domain(native.domain_file)
     deadline = time.monotonic() + 20

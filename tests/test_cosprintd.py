@@ -18,17 +18,16 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
+from cosfail.cosprint import authority, designation, plainsql, tables
+from cosfail.cosprint.daemon.identity import is_cosprintd, names_cosprintd
+from cosfail.cosprint.daemon.spool import spool_job
+from cosfail.cosprint.designation import Designation
+from cosfail.cosprint.domain import Domain, load_domain
+from cosfail.cosprint.drivers import driver_for
+from cosfail.cosprint.drivers.reference import ReferenceDriver
+from cosfail.cosprint.errors import DriverError
+from cosfail.cosprint.role import MASTER, SERVER, SLAVE, STALE, UNVERIFIED, decide_role
 from sqlalchemy import create_engine, insert, select
-
-from cosprint import authority, designation, plainsql, tables
-from cosprint.daemon.identity import is_cosprintd, names_cosprintd
-from cosprint.daemon.spool import spool_job
-from cosprint.designation import Designation
-from cosprint.domain import Domain, load_domain
-from cosprint.drivers import driver_for
-from cosprint.drivers.reference import ReferenceDriver
-from cosprint.errors import DriverError
-from cosprint.role import MASTER, SERVER, SLAVE, STALE, UNVERIFIED, decide_role
 
 DOMAIN_NAME = "testdom"
 QUEUES = {"q-laser": "laser1", "q-label": "label1"}  # queue -> printer, all on srv1
@@ -131,7 +130,8 @@ def sink_lines(domain: Domain, node: str, printer: str) -> list[dict]:
 
 def cosprintd_argv(domain_file: Path, node: str) -> list[str]:
     """The daemon's command line (an argument list of test-made paths; no shell)."""
-    return [sys.executable, "-m", "cosprint.daemon", "--domain", str(domain_file), "--node", node]
+    return [sys.executable, "-m", "cosfail.cosprint.daemon", "--domain", str(domain_file),
+            "--node", node]
 
 
 def modules_imported(log: Path) -> list[str]:
@@ -195,13 +195,15 @@ def test_decide_role_serves_master_only_when_the_authority_confirms_it(
     assert node in reason
 
 
-SRV1_ARGV = "python\0-m\0cosprint.daemon\0--domain\0/d/domain.toml\0--node\0srv1"
+SRV1_ARGV = "python\0-m\0cosfail.cosprint.daemon\0--domain\0/d/domain.toml\0--node\0srv1"
 
 
 @pytest.mark.parametrize(
     ("cmdline", "comm", "node", "is_it"),
     [
         (SRV1_ARGV, "python3.11", "srv1", True),
+        # one started before the upgrade that installed cosprint as cosfail.cosprint
+        (SRV1_ARGV.replace("cosfail.cosprint", "cosprint"), "python3.11", "srv1", True),
         (SRV1_ARGV, "python3.11", "cl1", False),
         (SRV1_ARGV.replace("/d/", "/e/"), "python3.11", "srv1", False),  # another domain
         # a fork server has its services' command line; only they are named cosprintd
@@ -607,8 +609,8 @@ def test_cosprintd_on_sqlite_starts_without_importing_sqlalchemy_or_pydantic(
     assert code == 202
     srv.stop()
     imported = modules_imported(srv.log_path)
-    assert "cosprint.plainsql" in imported  # the daemon itself runs as __main__
-    heavy = {"sqlalchemy", "pydantic", "cosprint.domain", "cosprint.tables"}
+    assert "cosfail.cosprint.plainsql" in imported  # the daemon itself runs as __main__
+    heavy = {"sqlalchemy", "pydantic", "cosfail.cosprint.domain", "cosfail.cosprint.tables"}
     assert [m for m in imported if m in heavy or m.split(".")[0] in heavy] == []
 
 

@@ -18,15 +18,14 @@ from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
+from cosfail.cosprint import tables
+from cosfail.cosprint.drivers.cups import UNFINISHED, CupsError, read_job
+from cosfail.workflows import trigger
+from cosfail.workflows.backup import BACKUP, BackupRequest
+from cosfail.workflows.failover import FAILOVER
+from cosfail.workflows.plan import FailoverRequest, MoveRequest
+from cosfail.workflows.switchover import FAILBACK
 from sqlalchemy import delete, insert, select
-
-from cosprint import tables
-from cosprint.drivers.cups import UNFINISHED, CupsError, read_job
-from workflows import trigger
-from workflows.backup import BACKUP, BackupRequest
-from workflows.failover import FAILOVER
-from workflows.plan import FailoverRequest, MoveRequest
-from workflows.switchover import FAILBACK
 
 pytestmark = pytest.mark.timeout(240)
 
@@ -287,7 +286,7 @@ def test_unsupported_or_malformed_cups_objects_are_named_and_nothing_changes(mak
 
 def test_init_demo_driver_cups_writes_a_cups_domain(tmp_path: Path) -> None:
     done = subprocess.run(  # noqa: S603
-        [sys.executable, "-m", "launcher.cli", "init-demo", str(tmp_path / "d"),
+        [sys.executable, "-m", "cosfail.launcher.cli", "init-demo", str(tmp_path / "d"),
          "--driver", "cups"],
         capture_output=True, text=True, timeout=120, cwd=Path(__file__).resolve().parent.parent)
     assert done.returncode == 0, done.stderr
@@ -297,7 +296,7 @@ def test_init_demo_driver_cups_writes_a_cups_domain(tmp_path: Path) -> None:
 
 
 def test_merge_takes_each_object_from_the_side_that_changed_it() -> None:
-    from cosprint.drivers.cups import ClassConf, CupsConf, PrinterConf, merge
+    from cosfail.cosprint.drivers.cups import ClassConf, CupsConf, PrinterConf, merge
 
     base = CupsConf({"a": PrinterConf("x:1", "A"), "b": PrinterConf("x:2", "B"),
                      "c": PrinterConf("x:3", "C")}, {"q": ClassConf(("a",))}, "q")
@@ -321,9 +320,9 @@ def test_merge_takes_each_object_from_the_side_that_changed_it() -> None:
 def test_the_domain_file_refuses_cups_settings_it_cannot_honour(tmp_path: Path) -> None:
     import tomllib
 
-    from cosprint.domain import parse_domain
-    from cosprint.errors import DomainFileError
-    from launcher.demo_domain import init_demo
+    from cosfail.cosprint.domain import parse_domain
+    from cosfail.cosprint.errors import DomainFileError
+    from cosfail.launcher.demo_domain import init_demo
 
     path = init_demo(tmp_path / "d", clients=0, objects=12, driver="cups")
     text = path.read_text()

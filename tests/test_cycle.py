@@ -5,11 +5,11 @@ from __future__ import annotations
 import time
 from pathlib import Path
 
-from cosprint.designation import Designation
-from workflows import trigger
-from workflows.failover import FAILOVER
-from workflows.plan import FailoverRequest, MoveRequest
-from workflows.switchover import FAILBACK
+from cosfail.cosprint.designation import Designation
+from cosfail.workflows import trigger
+from cosfail.workflows.failover import FAILOVER
+from cosfail.workflows.plan import FailoverRequest, MoveRequest
+from cosfail.workflows.switchover import FAILBACK
 
 
 def test_full_cycle_ends_as_it_began_and_never_has_two_masters(make_cluster, watch_masters):

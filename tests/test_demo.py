@@ -7,13 +7,12 @@ import time
 from pathlib import Path
 
 import pytest
+from cosfail.cosprint import designation, tables
+from cosfail.cosprint.designation import Designation
+from cosfail.cosprint.domain import Domain, load_domain
+from cosfail.cosprint.errors import CosfailError
+from cosfail.launcher.demo_domain import DemoError, generate_rows, init_demo, split_budget
 from sqlalchemy import text
-
-from cosprint import designation, tables
-from cosprint.designation import Designation
-from cosprint.domain import Domain, load_domain
-from cosprint.errors import CosfailError
-from launcher.demo_domain import DemoError, generate_rows, init_demo, split_budget
 
 # Each query returns the rows that break one reference: a missing parent or a parent
 # hosted elsewhere.

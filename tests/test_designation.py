@@ -6,10 +6,9 @@ import os
 from pathlib import Path
 
 import pytest
-
-from cosprint import designation
-from cosprint.designation import Designation
-from cosprint.errors import DesignationError
+from cosfail.cosprint import designation
+from cosfail.cosprint.designation import Designation
+from cosfail.cosprint.errors import DesignationError
 
 
 def test_write_then_read_round_trips(tmp_path: Path):
@@ -38,7 +37,7 @@ def test_crash_between_write_and_rename_keeps_the_old_file(tmp_path: Path):
     designation.write(path, Designation("srv1", 1))
     pid = os.fork()
     if pid == 0:  # the child: crash at the worst moment, between fsync and rename
-        import cosprint.fsutil as fsutil
+        import cosfail.cosprint.fsutil as fsutil
 
         def crash(*_args):
             os._exit(9)

@@ -18,12 +18,11 @@ from typing import Any
 
 import pytest
 from conftest import free_port
-
-from cosprint.designation import Designation
-from cosprint.domain import Detect, load_domain
-from launcher.local import LocalDomain
-from workflows import ledger as L
-from workflows.detection import (
+from cosfail.cosprint.designation import Designation
+from cosfail.cosprint.domain import Detect, load_domain
+from cosfail.launcher.local import LocalDomain
+from cosfail.workflows import ledger as L
+from cosfail.workflows.detection import (
     DOWN,
     SUSPECT,
     UP,
@@ -44,7 +43,7 @@ from workflows.detection import (
     worth_notifying,
     worth_recording,
 )
-from workflows.status import domain_status
+from cosfail.workflows.status import domain_status
 
 GONE = Seen(worker=False, cosprint=False)
 BOTH = Seen(worker=True, cosprint=True)
@@ -428,8 +427,8 @@ def test_auto_failover_and_each_guard(make_cluster):
 
 @pytest.mark.parametrize("value", [0, -1])
 def test_a_bad_detect_table_is_refused(tmp_path: Path, value: int) -> None:
-    from cosprint.errors import DomainFileError
-    from launcher.demo_domain import init_demo
+    from cosfail.cosprint.errors import DomainFileError
+    from cosfail.launcher.demo_domain import init_demo
 
     path = init_demo(tmp_path / "d", objects=10)
     path.write_text(path.read_text() + f"\n[detect]\ndown_after = {value}\n")

@@ -8,9 +8,8 @@ from collections.abc import Callable
 from pathlib import Path
 
 import pytest
-
-from cosprint.domain import load_domain, parse_domain
-from cosprint.errors import DomainFileError, UnknownNodeError
+from cosfail.cosprint.domain import load_domain, parse_domain
+from cosfail.cosprint.errors import DomainFileError, UnknownNodeError
 
 BASE: dict = {
     "control": {"name": "unit", "ledger": "sqlite:///state/ledger.db"},

@@ -12,16 +12,15 @@ import subprocess
 import time
 from pathlib import Path
 
+from cosfail.api.app import create_app, read_token
+from cosfail.cosprint import tables
+from cosfail.cosprint.designation import Designation
+from cosfail.cosprint.snapshot import import_snapshot
+from cosfail.launcher.local import pid_alive
+from cosfail.workflows import trigger
+from cosfail.workflows.failover import FAILOVER
+from cosfail.workflows.plan import FailoverRequest
 from fastapi.testclient import TestClient
-
-from api.app import create_app, read_token
-from cosprint import tables
-from cosprint.designation import Designation
-from cosprint.snapshot import import_snapshot
-from launcher.local import pid_alive
-from workflows import trigger
-from workflows.failover import FAILOVER
-from workflows.plan import FailoverRequest
 
 
 def test_failover_moves_every_object_and_clients_print_on_the_bcs(make_cluster):
@@ -70,10 +69,9 @@ def points_at(c, node: str) -> tuple[str, str, int] | None:  # type: ignore[no-u
 def ledger_rows(c) -> dict[str, list]:  # type: ignore[no-untyped-def, type-arg]
     """Every row of the ledger's runs, steps, locks, hosting history and authoritative
     state."""
+    from cosfail.cosprint import authority as A
+    from cosfail.workflows import ledger as L
     from sqlalchemy import select
-
-    from cosprint import authority as A
-    from workflows import ledger as L
 
     out = {}
     with c.ledger.engine.connect() as conn:

@@ -14,11 +14,10 @@ from pathlib import Path
 import httpx
 import pytest
 from conftest import ARTIFACTS, Cluster, FlowerServer
-
-from cosprint.designation import Designation
-from workflows import trigger
-from workflows.failover import FAILOVER
-from workflows.plan import FailoverRequest
+from cosfail.cosprint.designation import Designation
+from cosfail.workflows import trigger
+from cosfail.workflows.failover import FAILOVER
+from cosfail.workflows.plan import FailoverRequest
 
 RESTORE = "cosfail.failover.restore_snapshot"
 

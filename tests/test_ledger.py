@@ -7,8 +7,7 @@ import shutil
 from pathlib import Path
 
 import pytest
-
-from workflows import ledger as L
+from cosfail.workflows import ledger as L
 
 SCHEMA_1 = Path(__file__).parent / "data" / "ledger-schema1.sqlite"
 

@@ -11,13 +11,12 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-
-from cosprint.designation import Designation
-from cosprint.domain import Domain, parse_domain
-from workflows.backup import BackupPlan, backup_stages
-from workflows.engine import Do, short_name
-from workflows.failover import FAILOVER, failover_stages
-from workflows.plan import (
+from cosfail.cosprint.designation import Designation
+from cosfail.cosprint.domain import Domain, parse_domain
+from cosfail.workflows.backup import BackupPlan, backup_stages
+from cosfail.workflows.engine import Do, short_name
+from cosfail.workflows.failover import FAILOVER, failover_stages
+from cosfail.workflows.plan import (
     FailoverPlan,
     FailoverRequest,
     NodeSeen,
@@ -29,10 +28,10 @@ from workflows.plan import (
     plan_reclaim,
     plan_switchover,
 )
-from workflows.reclaim import RECLAIM, reclaim_stages
-from workflows.refusal import INVALID, REFUSED, Refusal
-from workflows.restart_check import RestartPlan, reclaim_first, restart_check_stages
-from workflows.switchover import FAILBACK, SWITCHOVER, failback_stages, switchover_stages
+from cosfail.workflows.reclaim import RECLAIM, reclaim_stages
+from cosfail.workflows.refusal import INVALID, REFUSED, Refusal
+from cosfail.workflows.restart_check import RestartPlan, reclaim_first, restart_check_stages
+from cosfail.workflows.switchover import FAILBACK, SWITCHOVER, failback_stages, switchover_stages
 
 NOW = 10_000.0
 STATE = Designation("srv1", 4)

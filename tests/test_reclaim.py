@@ -20,20 +20,19 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from cosfail.cosprint import designation, tables
+from cosfail.cosprint import snapshot as snap
+from cosfail.cosprint.errors import DriverError, SnapshotError
+from cosfail.launcher.local import pid_alive
+from cosfail.workflows import ledger as L
+from cosfail.workflows import trigger
+from cosfail.workflows.backup import BACKUP, BackupRequest
+from cosfail.workflows.failover import FAILOVER
+from cosfail.workflows.plan import FailoverRequest, MoveRequest
+from cosfail.workflows.reclaim import RECLAIM
+from cosfail.workflows.refusal import Refused
+from cosfail.workflows.status import reclaim_needed
 from sqlalchemy import Connection, select, update
-
-from cosprint import designation, tables
-from cosprint import snapshot as snap
-from cosprint.errors import DriverError, SnapshotError
-from launcher.local import pid_alive
-from workflows import ledger as L
-from workflows import trigger
-from workflows.backup import BACKUP, BackupRequest
-from workflows.failover import FAILOVER
-from workflows.plan import FailoverRequest, MoveRequest
-from workflows.reclaim import RECLAIM
-from workflows.refusal import Refused
-from workflows.status import reclaim_needed
 
 
 # ----- helpers ---------------------------------------------------------------------------

@@ -9,10 +9,9 @@ from contextlib import closing
 from pathlib import Path
 
 import pytest
-
-from cosprint import tables
-from cosprint.errors import SnapshotError
-from cosprint.snapshot import (
+from cosfail.cosprint import tables
+from cosfail.cosprint.errors import SnapshotError
+from cosfail.cosprint.snapshot import (
     check_snapshot,
     export_snapshot,
     import_snapshot,
@@ -84,7 +83,7 @@ def test_round_trip_preserves_every_row_of_every_table(master, snap, target):
 def test_round_trip_through_a_non_sqlite_path_streams_rows(master, snap, tmp_path):
     """The generic (row-streaming) path gives the same rows as the page-copy path."""
     url = f"sqlite:///{tmp_path / 'generic.db'}"
-    import cosprint.snapshot as s
+    import cosfail.cosprint.snapshot as s
 
     original = s._sqlite_path
     s._sqlite_path = lambda _url: None  # force the row-streaming path on real files

@@ -18,20 +18,19 @@ from pathlib import Path
 
 import pytest
 from conftest import SSHD, free_port
+from cosfail.cosprint import tables
+from cosfail.cosprint.daemon.spool import JOB_SUFFIX, list_spool, spool_job
+from cosfail.cosprint.domain import Domain, load_domain, parse_domain
+from cosfail.cosprint.errors import DomainFileError
+from cosfail.cosprint.snapshot import import_snapshot, list_snapshots
+from cosfail.workers import remote, transport
+from cosfail.workers.steps import is_verified
+from cosfail.workflows import trigger
+from cosfail.workflows.backup import BACKUP, BackupRequest
+from cosfail.workflows.failover import FAILOVER
+from cosfail.workflows.plan import FailoverRequest
+from cosfail.workflows.restart_check import RESTART_CHECK, CheckRequest
 from sqlalchemy import select
-
-from cosprint import tables
-from cosprint.daemon.spool import JOB_SUFFIX, list_spool, spool_job
-from cosprint.domain import Domain, load_domain, parse_domain
-from cosprint.errors import DomainFileError
-from cosprint.snapshot import import_snapshot, list_snapshots
-from workers import remote, transport
-from workers.steps import is_verified
-from workflows import trigger
-from workflows.backup import BACKUP, BackupRequest
-from workflows.failover import FAILOVER
-from workflows.plan import FailoverRequest
-from workflows.restart_check import RESTART_CHECK, CheckRequest
 
 WEIRD = "it's \"here\" $(touch pwned) `touch pwned`; touch pwned"
 

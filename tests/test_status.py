@@ -6,12 +6,11 @@ import json
 import time
 
 import httpx
+from cosfail.api.app import read_token
+from cosfail.workflows import trigger
+from cosfail.workflows.failover import FAILOVER
+from cosfail.workflows.plan import FailoverRequest
 from prometheus_client.parser import text_string_to_metric_families
-
-from api.app import read_token
-from workflows import trigger
-from workflows.failover import FAILOVER
-from workflows.plan import FailoverRequest
 
 
 def status(c) -> dict:  # type: ignore[no-untyped-def, type-arg]

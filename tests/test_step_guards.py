@@ -7,12 +7,12 @@ from __future__ import annotations
 
 import time
 
-from cosprint import authority
-from cosprint.designation import Designation
-from workers.app import app
-from workers.steps import RestartCheck, restart_check
-from workflows import ledger as L
-from workflows.engine import Do, absences, overdue
+from cosfail.cosprint import authority
+from cosfail.cosprint.designation import Designation
+from cosfail.workers.app import app
+from cosfail.workers.steps import RestartCheck, restart_check
+from cosfail.workflows import ledger as L
+from cosfail.workflows.engine import Do, absences, overdue
 
 TARGET = Designation("bcs1", 9)  # what cl1's designation would become if a step acted
 

@@ -11,12 +11,11 @@ import re
 from functools import cache
 
 from celery import Celery
-
-from cosprint.domain import Domain, load_domain
+from cosfail.cosprint.domain import Domain, load_domain
 
 CONTROL_QUEUE = "control"
 
-app = Celery("cosfail", include=["workers.steps"])
+app = Celery("cosfail", include=["cosfail.workers.steps"])
 
 # A message taken by a worker that is then SIGKILLed comes back only after this long
 # (Redis transport). Recovery from a lost worker is the ledger's resume, fenced by the

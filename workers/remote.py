@@ -32,11 +32,10 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import paramiko
-
-from cosprint.daemon.identity import names_cosprintd, pidfile_path
-from cosprint.domain import Domain
-from cosprint.errors import CosfailError
-from cosprint.fsutil import TMP_SUFFIX, fsync_dir
+from cosfail.cosprint.daemon.identity import names_cosprintd, pidfile_path
+from cosfail.cosprint.domain import Domain
+from cosfail.cosprint.errors import CosfailError
+from cosfail.cosprint.fsutil import TMP_SUFFIX, fsync_dir
 
 log = logging.getLogger("cosfail.remote")
 

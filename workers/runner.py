@@ -14,16 +14,15 @@ import signal
 from collections.abc import Callable
 
 from celery.signals import worker_ready
-
-from cosprint.domain import Domain
-from workers.app import (
+from cosfail.cosprint.domain import Domain
+from cosfail.workers.app import (
     CONTROL_QUEUE,
     configure,
     name_connections,
     node_queue,
     worker_client_name,
 )
-from workers.step import Journal, use_journal
+from cosfail.workers.step import Journal, use_journal
 
 
 def run_worker(domain: Domain, node: str | None, journal: Journal,

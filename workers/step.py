@@ -25,14 +25,13 @@ from typing import Any, Protocol, TypeVar
 
 from celery import Task
 from celery.exceptions import Ignore
+from cosfail.cosprint.domain import Domain
+from cosfail.cosprint.driver import Driver
+from cosfail.cosprint.drivers import driver_for
+from cosfail.cosprint.errors import CosfailError, StaleEpochError
+from cosfail.workers import failpoints
+from cosfail.workers.app import CONTROL_QUEUE, app, current_domain, node_queue
 from sqlalchemy.exc import OperationalError
-
-from cosprint.domain import Domain
-from cosprint.driver import Driver
-from cosprint.drivers import driver_for
-from cosprint.errors import CosfailError, StaleEpochError
-from workers import failpoints
-from workers.app import CONTROL_QUEUE, app, current_domain, node_queue
 
 log = logging.getLogger("cosfail.step")
 

@@ -11,16 +11,15 @@ import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
+from cosfail.cosprint import snapshot as snap
+from cosfail.cosprint import tables
+from cosfail.cosprint.designation import Designation
+from cosfail.cosprint.drivers import driver_for
+from cosfail.cosprint.errors import CosfailError, DriverError, SnapshotError, StaleEpochError
+from cosfail.workers import transport
+from cosfail.workers.app import app, current_domain
+from cosfail.workers.step import Here, Outcome, step, this_node, worker_id
 from sqlalchemy import func, select
-
-from cosprint import snapshot as snap
-from cosprint import tables
-from cosprint.designation import Designation
-from cosprint.drivers import driver_for
-from cosprint.errors import CosfailError, DriverError, SnapshotError, StaleEpochError
-from workers import transport
-from workers.app import app, current_domain
-from workers.step import Here, Outcome, step, this_node, worker_id
 
 OUTBOX = Path("var/outbox")
 VERIFIED = ".verified"

@@ -26,12 +26,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
 
-from cosprint.daemon.spool import JOB_SUFFIX, list_spool
-from cosprint.domain import Domain
-from cosprint.drivers import spool_handoff
-from cosprint.fsutil import TMP_SUFFIX, atomic_copy, fsync_dir
-from cosprint.snapshot import manifest_path
-from workers.remote import (
+from cosfail.cosprint.daemon.spool import JOB_SUFFIX, list_spool
+from cosfail.cosprint.domain import Domain
+from cosfail.cosprint.drivers import spool_handoff
+from cosfail.cosprint.fsutil import TMP_SUFFIX, atomic_copy, fsync_dir
+from cosfail.cosprint.snapshot import manifest_path
+from cosfail.workers.remote import (
     AuthRefused,
     Copied,
     HostKeyRefused,

@@ -14,9 +14,9 @@ from __future__ import annotations
 import time
 from dataclasses import dataclass
 
-from cosprint.domain import Domain
-from workers.app import app
-from workers.steps import (
+from cosfail.cosprint.domain import Domain
+from cosfail.workers.app import app
+from cosfail.workers.steps import (
     ExportTables,
     ShipSnapshot,
     VerifySnapshot,
@@ -24,11 +24,11 @@ from workers.steps import (
     ship_snapshot,
     verify_snapshot,
 )
-from workflows import ledger as L
-from workflows import trigger
-from workflows.control import RecordBackup, record_backup
-from workflows.engine import Do, Each, Engine, Stage, engine
-from workflows.state import current_state
+from cosfail.workflows import ledger as L
+from cosfail.workflows import trigger
+from cosfail.workflows.control import RecordBackup, record_backup
+from cosfail.workflows.engine import Do, Each, Engine, Stage, engine
+from cosfail.workflows.state import current_state
 
 
 @dataclass(frozen=True)

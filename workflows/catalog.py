@@ -2,12 +2,12 @@
 
 from __future__ import annotations
 
-from workflows.backup import BACKUP
-from workflows.failover import FAILOVER
-from workflows.reclaim import RECLAIM
-from workflows.restart_check import RESTART_CHECK
-from workflows.switchover import FAILBACK, SWITCHOVER
-from workflows.trigger import Workflow
+from cosfail.workflows.backup import BACKUP
+from cosfail.workflows.failover import FAILOVER
+from cosfail.workflows.reclaim import RECLAIM
+from cosfail.workflows.restart_check import RESTART_CHECK
+from cosfail.workflows.switchover import FAILBACK, SWITCHOVER
+from cosfail.workflows.trigger import Workflow
 
 WORKFLOWS: dict[str, Workflow] = {
     wf.name: wf for wf in (BACKUP, FAILOVER, SWITCHOVER, FAILBACK, RECLAIM, RESTART_CHECK)}

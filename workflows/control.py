@@ -7,15 +7,15 @@ import uuid
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
-from cosprint import authority
-from cosprint.designation import Designation
-from cosprint.drivers import driver_for
-from cosprint.errors import CosfailError
-from workers import remote
-from workers.step import Here, step
-from workers.steps import verify_snapshot
-from workflows import ledger as L
-from workflows.engine import engine
+from cosfail.cosprint import authority
+from cosfail.cosprint.designation import Designation
+from cosfail.cosprint.drivers import driver_for
+from cosfail.cosprint.errors import CosfailError
+from cosfail.workers import remote
+from cosfail.workers.step import Here, step
+from cosfail.workers.steps import verify_snapshot
+from cosfail.workflows import ledger as L
+from cosfail.workflows.engine import engine
 
 
 @dataclass(frozen=True)

@@ -40,9 +40,9 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, replace
 from typing import Any
 
-from cosprint.domain import Detect, Domain
-from workflows import ledger as L
-from workflows.detection import (
+from cosfail.cosprint.domain import Detect, Domain
+from cosfail.workflows import ledger as L
+from cosfail.workflows.detection import (
     DOWN,
     HOUR,
     SUSPECT,
@@ -98,9 +98,9 @@ def report(eng: Any, seen: dict[str, Any], now: float) -> dict[str, Any]:
     """The detector's part of `cosfail status`: each node's liveness, the detector
     itself, and for each down server, the recommendation (the BCS `--best` chooses, the
     snapshot's age, the exact command) and what the automatic failover did."""
-    from workflows.plan import FailoverRequest, plan_failover
-    from workflows.refusal import Refusal
-    from workflows.state import current_state
+    from cosfail.workflows.plan import FailoverRequest, plan_failover
+    from cosfail.workflows.refusal import Refusal
+    from cosfail.workflows.state import current_state
 
     cfg = eng.domain.spec.detect
     rows = eng.ledger.liveness_now()
@@ -178,7 +178,7 @@ class Detector:
     """Observes, records, notifies and (where enabled) fails over; one tick at a time."""
 
     def __init__(self, eng: Any) -> None:
-        from cosprint.drivers import driver_for
+        from cosfail.cosprint.drivers import driver_for
 
         self.eng = eng
         self.domain: Domain = eng.domain
@@ -200,7 +200,7 @@ class Detector:
 
     # ----- observing ----------------------------------------------------------------------
     def _ping(self) -> dict[str, str]:
-        from workflows.liveness import ping
+        from cosfail.workflows.liveness import ping
 
         try:
             return ping(timeout=PING_TIMEOUT)
@@ -231,8 +231,8 @@ class Detector:
         return live[:PEERS]
 
     def confirm(self, node: str) -> Confirmation:
-        from workers.app import node_queue
-        from workers.steps import check_peer
+        from cosfail.workers.app import node_queue
+        from cosfail.workers.steps import check_peer
 
         peers = self.peers_for(node)
         sent = {p: check_peer.apply_async(kwargs={"node": node,
@@ -323,11 +323,11 @@ class Detector:
         self.retry_at.pop(node, None)
 
     def consider_failover(self, server: str, liv: Liveness, now: float) -> None:
-        from workflows import trigger
-        from workflows.failover import FAILOVER
-        from workflows.plan import FailoverRequest
-        from workflows.refusal import VETOED, Refused
-        from workflows.state import current_state
+        from cosfail.workflows import trigger
+        from cosfail.workflows.failover import FAILOVER
+        from cosfail.workflows.plan import FailoverRequest
+        from cosfail.workflows.refusal import VETOED, Refused
+        from cosfail.workflows.state import current_state
 
         eng = self.eng
         if server in self.handled or now < self.retry_at.get(server, 0.0):
@@ -441,7 +441,7 @@ def watch(eng: Any) -> None:
 
 def detector_alive(domain: Domain) -> tuple[bool, str]:
     """Whether a detector holds its lock with a lease still running (its health)."""
-    from workflows.engine import Engine
+    from cosfail.workflows.engine import Engine
 
     row = Engine(domain).ledger.lock_row(L.DETECT_LOCK)
     if row and row["lease_until"] > time.time():

@@ -13,8 +13,8 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from cosprint.domain import Detect, Domain
-from workflows import ledger as L
+from cosfail.cosprint.domain import Detect, Domain
+from cosfail.workflows import ledger as L
 
 UP, SUSPECT, DOWN = "up", "suspect", "down"
 HOUR = 3600.0

@@ -17,14 +17,13 @@ from typing import Any
 from celery import Task, chain
 from celery.canvas import Signature
 from celery.utils import uuid
+from cosfail.cosprint import authority
+from cosfail.cosprint.domain import Domain
+from cosfail.workers.app import app, connected_workers
+from cosfail.workers.step import CONTROL, Envelope, Here, Outcome, Superseded, step, worker_id
+from cosfail.workflows import ledger as L
+from cosfail.workflows.ledger import Ledger
 from sqlalchemy import select
-
-from cosprint import authority
-from cosprint.domain import Domain
-from workers.app import app, connected_workers
-from workers.step import CONTROL, Envelope, Here, Outcome, Superseded, step, worker_id
-from workflows import ledger as L
-from workflows.ledger import Ledger
 
 log = logging.getLogger("cosfail.engine")
 
@@ -268,7 +267,7 @@ _engine: Engine | None = None
 def engine() -> Engine:
     """The engine of this process's domain (workers: the one their journal uses)."""
     global _engine
-    from workers.app import current_domain
+    from cosfail.workers.app import current_domain
 
     if _engine is None:
         _engine = Engine(current_domain())

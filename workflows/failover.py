@@ -16,8 +16,8 @@ import subprocess
 import time
 from dataclasses import replace
 
-from cosprint.domain import Domain
-from workers.steps import (
+from cosfail.cosprint.domain import Domain
+from cosfail.workers.steps import (
     CopySpool,
     NoInput,
     PublishTables,
@@ -31,8 +31,8 @@ from workers.steps import (
     restore_snapshot,
     stop_cosprint,
 )
-from workflows import ledger as L
-from workflows.control import (
+from cosfail.workflows import ledger as L
+from cosfail.workflows.control import (
     AdvanceEpoch,
     FenceServer,
     LockInput,
@@ -44,12 +44,12 @@ from workflows.control import (
     take_lock,
     verify_failover,
 )
-from workflows.engine import Do, Each, Engine, Stage
-from workflows.liveness import probe_all
-from workflows.plan import FailoverPlan, FailoverRequest, plan_failover
-from workflows.refusal import VETOED, Refusal
-from workflows.state import current_state
-from workflows.trigger import Workflow
+from cosfail.workflows.engine import Do, Each, Engine, Stage
+from cosfail.workflows.liveness import probe_all
+from cosfail.workflows.plan import FailoverPlan, FailoverRequest, plan_failover
+from cosfail.workflows.refusal import VETOED, Refusal
+from cosfail.workflows.state import current_state
+from cosfail.workflows.trigger import Workflow
 
 
 def tables_file(run_id: str, epoch: int) -> str:

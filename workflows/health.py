@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from cosprint.domain import Domain
+from cosfail.cosprint.domain import Domain
 
 HEALTH_COMPONENTS = ("worker", "control", "api", "flower", "beat", "broker", "watch")
 
@@ -35,7 +35,7 @@ def component_health(d: Domain, component: str, node: str | None,
         return http_ok(local_url(d.control.api, "/healthz"), timeout)
     if component == "flower":
         return http_ok(local_url(d.control.flower, "/healthcheck"), timeout)
-    from workers.app import BrokerUnreachable, check_broker, configure
+    from cosfail.workers.app import BrokerUnreachable, check_broker, configure
 
     try:
         check_broker(d.broker_url, timeout=timeout)
@@ -44,7 +44,7 @@ def component_health(d: Domain, component: str, node: str | None,
     if component in ("beat", "broker"):
         return True, f"broker {d.broker_url} answers"
     if component == "watch":
-        from workflows.detect import detector_alive
+        from cosfail.workflows.detect import detector_alive
 
         return detector_alive(d)
     # Only workers named `<node>@…` (`control@…`) are asked, and the first answer ends

@@ -16,29 +16,11 @@ from contextlib import contextmanager
 from functools import cache
 from typing import Any
 
-from sqlalchemy import (
-    Connection,
-    Engine,
-    and_,
-    bindparam,
-    case,
-    create_engine,
-    event,
-    exists,
-    func,
-    insert,
-    make_url,
-    or_,
-    select,
-    update,
-)
-from sqlalchemy.exc import IntegrityError, OperationalError
-
-from cosprint import authority
-from cosprint.errors import CosfailError
+from cosfail.cosprint import authority
+from cosfail.cosprint.errors import CosfailError
 
 # The schema is declared in workflows.schema; ledger users know it as ledger.<name>.
-from workflows.schema import (  # noqa: F401
+from cosfail.workflows.schema import (  # noqa: F401
     BACKUP_LOCK,
     DETECT_LOCK,
     DONE,
@@ -65,6 +47,23 @@ from workflows.schema import (  # noqa: F401
     steps,
     upgrade_1_to_2,
 )
+from sqlalchemy import (
+    Connection,
+    Engine,
+    and_,
+    bindparam,
+    case,
+    create_engine,
+    event,
+    exists,
+    func,
+    insert,
+    make_url,
+    or_,
+    select,
+    update,
+)
+from sqlalchemy.exc import IntegrityError, OperationalError
 
 
 class LedgerError(CosfailError):

@@ -5,11 +5,11 @@ from __future__ import annotations
 import time
 from dataclasses import asdict
 
-from cosprint.domain import Domain
-from cosprint.drivers import driver_for
-from workers.app import app, connected_workers, node_queue
-from workers.steps import probe
-from workflows.plan import NodeSeen
+from cosfail.cosprint.domain import Domain
+from cosfail.cosprint.drivers import driver_for
+from cosfail.workers.app import app, connected_workers, node_queue
+from cosfail.workers.steps import probe
+from cosfail.workflows.plan import NodeSeen
 
 
 def ping(timeout: float = 1.0) -> dict[str, str]:

@@ -8,13 +8,12 @@ from __future__ import annotations
 
 import time
 
+from cosfail.workflows import ledger as L
+from cosfail.workflows.engine import Engine
+from cosfail.workflows.state import current_state
 from prometheus_client import CollectorRegistry, Gauge, generate_latest
 from prometheus_client.core import HistogramMetricFamily
 from prometheus_client.registry import Collector
-
-from workflows import ledger as L
-from workflows.engine import Engine
-from workflows.state import current_state
 
 STEP_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60)
 

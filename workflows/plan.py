@@ -11,9 +11,9 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from cosprint.designation import Designation
-from cosprint.domain import Domain
-from workflows.refusal import Refusal, invalid
+from cosfail.cosprint.designation import Designation
+from cosfail.cosprint.domain import Domain
+from cosfail.workflows.refusal import Refusal, invalid
 
 
 @dataclass(frozen=True)

@@ -10,8 +10,8 @@ The journal frees the lock as it records the run's end.
 
 from __future__ import annotations
 
-from cosprint.domain import Domain
-from workers.steps import (
+from cosfail.cosprint.domain import Domain
+from cosfail.workers.steps import (
     NoInput,
     PublishTables,
     ResendJobs,
@@ -24,16 +24,16 @@ from workers.steps import (
     start_cosprint,
     stop_cosprint,
 )
-from workflows import ledger as L
-from workflows.control import LockInput, VerifyFailover, take_lock, verify_failover
-from workflows.engine import Do, Engine, Stage
-from workflows.failover import tables_file
-from workflows.liveness import probe_all
-from workflows.plan import MoveRequest, ReclaimPlan, plan_reclaim
-from workflows.refusal import Refusal
-from workflows.state import current_state
-from workflows.status import reclaim_needed
-from workflows.trigger import Workflow
+from cosfail.workflows import ledger as L
+from cosfail.workflows.control import LockInput, VerifyFailover, take_lock, verify_failover
+from cosfail.workflows.engine import Do, Engine, Stage
+from cosfail.workflows.failover import tables_file
+from cosfail.workflows.liveness import probe_all
+from cosfail.workflows.plan import MoveRequest, ReclaimPlan, plan_reclaim
+from cosfail.workflows.refusal import Refusal
+from cosfail.workflows.state import current_state
+from cosfail.workflows.status import reclaim_needed
+from cosfail.workflows.trigger import Workflow
 
 
 def reclaim_node(plan: ReclaimPlan, file: str) -> list[Stage]:

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from cosprint.errors import CosfailError
+from cosfail.cosprint.errors import CosfailError
 
 INVALID = "invalid"  # the request names something that cannot be: an unknown node, a role
 REFUSED = "refused"  # the domain, as it is now, does not allow it

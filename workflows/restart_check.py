@@ -13,10 +13,10 @@ import logging
 import time
 from dataclasses import dataclass
 
-from cosprint.designation import Designation
-from cosprint.domain import Domain
-from cosprint.drivers import driver_for
-from workers.steps import (
+from cosfail.cosprint.designation import Designation
+from cosfail.cosprint.domain import Domain
+from cosfail.cosprint.drivers import driver_for
+from cosfail.workers.steps import (
     NoInput,
     PublishTables,
     RestartCheck,
@@ -24,12 +24,12 @@ from workers.steps import (
     restart_check,
     start_cosprint,
 )
-from workflows import ledger as L
-from workflows.engine import Do, Engine, Stage
-from workflows.failover import tables_file
-from workflows.refusal import Refusal
-from workflows.state import current_state
-from workflows.trigger import Workflow
+from cosfail.workflows import ledger as L
+from cosfail.workflows.engine import Do, Engine, Stage
+from cosfail.workflows.failover import tables_file
+from cosfail.workflows.refusal import Refusal
+from cosfail.workflows.state import current_state
+from cosfail.workflows.trigger import Workflow
 
 log = logging.getLogger("cosfail.restart_check")
 

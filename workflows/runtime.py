@@ -12,14 +12,14 @@ import threading
 import time
 from functools import partial
 
-from cosprint.domain import Domain
-from cosprint.drivers import driver_for
-from cosprint.errors import CosfailError
-from workers import runner
-from workers.step import worker_id
-from workflows import engine as engine_mod
-from workflows import ledger as L
-from workflows.engine import Engine
+from cosfail.cosprint.domain import Domain
+from cosfail.cosprint.drivers import driver_for
+from cosfail.cosprint.errors import CosfailError
+from cosfail.workers import runner
+from cosfail.workers.step import worker_id
+from cosfail.workflows import engine as engine_mod
+from cosfail.workflows import ledger as L
+from cosfail.workflows.engine import Engine
 
 log = logging.getLogger("cosfail.worker")
 
@@ -32,7 +32,7 @@ def run_worker(domain: Domain, node: str | None, concurrency: int = 4) -> None:
 
 def journal_for(domain: Domain) -> Engine:
     # Importing registers every control step and workflow task on the app.
-    from workflows import backup, control  # noqa: F401
+    from cosfail.workflows import backup, control  # noqa: F401
 
     engine_mod._engine = Engine(domain)
     return engine_mod._engine
@@ -54,12 +54,12 @@ def on_worker_start(domain: Domain, node: str | None) -> None:
 
 
 def _check_node(eng: Engine, node: str) -> None:
-    from workflows import trigger
-    from workflows.liveness import probe_all
-    from workflows.plan import MoveRequest
-    from workflows.reclaim import RECLAIM
-    from workflows.refusal import Refused
-    from workflows.restart_check import RESTART_CHECK, CheckRequest
+    from cosfail.workflows import trigger
+    from cosfail.workflows.liveness import probe_all
+    from cosfail.workflows.plan import MoveRequest
+    from cosfail.workflows.reclaim import RECLAIM
+    from cosfail.workflows.refusal import Refused
+    from cosfail.workflows.restart_check import RESTART_CHECK, CheckRequest
 
     # worker_ready comes just before the consumer takes messages: wait until this worker
     # answers its own probe, which reclaim's plan needs. Each probe is waited on for the

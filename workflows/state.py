@@ -2,9 +2,9 @@
 
 from __future__ import annotations
 
-from cosprint import authority
-from cosprint.designation import Designation
-from workflows.engine import Engine
+from cosfail.cosprint import authority
+from cosfail.cosprint.designation import Designation
+from cosfail.workflows.engine import Engine
 
 
 def current_state(eng: Engine) -> Designation:

@@ -5,11 +5,11 @@ from __future__ import annotations
 import time
 from typing import Any
 
-from workflows import ledger as L
-from workflows.detect import report as detector_report
-from workflows.engine import Engine
-from workflows.liveness import probe_all
-from workflows.state import current_state
+from cosfail.workflows import ledger as L
+from cosfail.workflows.detect import report as detector_report
+from cosfail.workflows.engine import Engine
+from cosfail.workflows.liveness import probe_all
+from cosfail.workflows.state import current_state
 
 
 def reclaim_needed(eng: Engine) -> list[str]:

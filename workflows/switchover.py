@@ -12,8 +12,8 @@ from __future__ import annotations
 
 from dataclasses import replace
 
-from cosprint.domain import Domain
-from workers.steps import (
+from cosfail.cosprint.domain import Domain
+from cosfail.workers.steps import (
     ExportTables,
     NoInput,
     ShipSnapshot,
@@ -23,18 +23,24 @@ from workers.steps import (
     stop_cosprint,
     verify_snapshot,
 )
-from workflows import ledger as L
-from workflows.backup import snapshot_name
-from workflows.control import LockInput, take_lock
-from workflows.engine import Do, Engine, Stage
-from workflows.failover import issued_under, move_hosting, tables_file
-from workflows.liveness import probe_all
-from workflows.plan import FailoverPlan, MoveRequest, ReclaimPlan, plan_failback, plan_switchover
-from workflows.reclaim import reclaim_node
-from workflows.refusal import Refusal
-from workflows.state import current_state
-from workflows.status import reclaim_needed
-from workflows.trigger import Workflow
+from cosfail.workflows import ledger as L
+from cosfail.workflows.backup import snapshot_name
+from cosfail.workflows.control import LockInput, take_lock
+from cosfail.workflows.engine import Do, Engine, Stage
+from cosfail.workflows.failover import issued_under, move_hosting, tables_file
+from cosfail.workflows.liveness import probe_all
+from cosfail.workflows.plan import (
+    FailoverPlan,
+    MoveRequest,
+    ReclaimPlan,
+    plan_failback,
+    plan_switchover,
+)
+from cosfail.workflows.reclaim import reclaim_node
+from cosfail.workflows.refusal import Refusal
+from cosfail.workflows.state import current_state
+from cosfail.workflows.status import reclaim_needed
+from cosfail.workflows.trigger import Workflow
 
 
 def planned_move_stages(domain: Domain, plan: FailoverPlan, owner: str, run_id: str,

@@ -16,10 +16,10 @@ from contextlib import contextmanager
 from dataclasses import asdict, dataclass
 from typing import Any
 
-from cosprint.domain import Domain
-from workflows import ledger as L
-from workflows.engine import Engine, Stage
-from workflows.refusal import Refusal, Refused
+from cosfail.cosprint.domain import Domain
+from cosfail.workflows import ledger as L
+from cosfail.workflows.engine import Engine, Stage
+from cosfail.workflows.refusal import Refusal, Refused
 
 
 @dataclass(frozen=True)

@@ -2,7 +2,7 @@
 
 import os
 
-from cosprint.daemon.cli import flushed, main
+from cosfail.cosprint.daemon.cli import flushed, main
 
 # What the daemon writes is fsynced as it goes, and every thread that writes has been
 # joined: skip the interpreter's teardown of its modules, tens of ms of every stop.

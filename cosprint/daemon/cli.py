@@ -15,13 +15,13 @@ import sys
 import threading
 from pathlib import Path
 
-from cosprint import forkserver
-from cosprint.daemon.identity import LOGFILE, PIDFILE, READY, is_cosprintd, read_pid
-from cosprint.daemon.server import CosprintServer
-from cosprint.daemon.service import Service
-from cosprint.daemon.settings import Settings, with_packages
-from cosprint.errors import CosfailError, DriverError
-from cosprint.fsutil import atomic_write_bytes
+from cosfail.cosprint import forkserver
+from cosfail.cosprint.daemon.identity import LOGFILE, PIDFILE, READY, is_cosprintd, read_pid
+from cosfail.cosprint.daemon.server import CosprintServer
+from cosfail.cosprint.daemon.service import Service
+from cosfail.cosprint.daemon.settings import Settings, with_packages
+from cosfail.cosprint.errors import CosfailError, DriverError
+from cosfail.cosprint.fsutil import atomic_write_bytes
 
 log = logging.getLogger("cosprintd")
 
@@ -123,7 +123,7 @@ def _settings(args: argparse.Namespace) -> Settings:
     if args.settings_stdin:
         return _settings_of(args.node, sys.stdin.buffer.read())
     with_packages()
-    from cosprint.domain import load_domain  # pydantic: only for a start by hand
+    from cosfail.cosprint.domain import load_domain  # pydantic: only for a start by hand
 
     return Settings.from_dict(load_domain(args.domain).service_settings(args.node))
 

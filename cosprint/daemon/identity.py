@@ -7,10 +7,10 @@ import os
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from cosprint import forkserver
+from cosfail.cosprint import forkserver
 
 if TYPE_CHECKING:
-    from cosprint.domain import Domain
+    from cosfail.cosprint.domain import Domain
 
 # Paths inside a node's home.
 PIDFILE = Path("var/cosprintd.pid")
@@ -48,12 +48,17 @@ def is_cosprintd(pid: int, node: str, domain_file: Path | None = None) -> bool:
     return names_cosprintd(cmdline.decode(errors="replace"), comm, node, domain_file)
 
 
+# The module a reference driver starts (`python -m`), and the name it had before cosfail
+# installed under one package: a cosprintd started before an upgrade is still the node's.
+DAEMON_MODULES = frozenset({"cosfail.cosprint.daemon", "cosprint.daemon"})
+
+
 def names_cosprintd(cmdline: str, comm: str, node: str, domain_file: Path | None) -> bool:
     """Whether a process's /proc `cmdline` and `comm` are those of a cosprintd serving
     `node`: a fork server has its services' command line, but only they rename
     themselves (cosprint.forkserver)."""
     args = cmdline.split("\0")  # a zombie's cmdline is empty
-    is_daemon = "cosprint.daemon" in args or any(a.endswith("/cosprintd") for a in args)
+    is_daemon = not DAEMON_MODULES.isdisjoint(args) or any(a.endswith("/cosprintd") for a in args)
     opts = dict(zip(args, args[1:], strict=False))
     if not is_daemon or opts.get("--node") != node:
         return False

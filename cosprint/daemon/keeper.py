@@ -7,11 +7,11 @@ import threading
 import time
 from dataclasses import dataclass, field
 
-from cosprint import designation, plainsql
-from cosprint.daemon.settings import Settings, open_database
-from cosprint.designation import Designation
-from cosprint.errors import CosfailError
-from cosprint.role import PRINTING_ROLES, STALE, UNVERIFIED, decide_role
+from cosfail.cosprint import designation, plainsql
+from cosfail.cosprint.daemon.settings import Settings, open_database
+from cosfail.cosprint.designation import Designation
+from cosfail.cosprint.errors import CosfailError
+from cosfail.cosprint.role import PRINTING_ROLES, STALE, UNVERIFIED, decide_role
 
 log = logging.getLogger("cosprintd")
 

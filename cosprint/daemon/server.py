@@ -11,7 +11,7 @@ import socketserver
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
-from cosprint.daemon.service import MAX_HOPS, Service
+from cosfail.cosprint.daemon.service import MAX_HOPS, Service
 
 log = logging.getLogger("cosprintd")
 

@@ -14,12 +14,12 @@ import time
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from cosprint import plainsql
-from cosprint.daemon.keeper import RoleKeeper
-from cosprint.daemon.settings import Settings, open_tables
-from cosprint.daemon.spool import JOB_SUFFIX, REJECTED_DIR, SINK_DIR, list_spool, spool_job
-from cosprint.fsutil import fsync_dir
-from cosprint.role import PRINTING_ROLES, UNVERIFIED
+from cosfail.cosprint import plainsql
+from cosfail.cosprint.daemon.keeper import RoleKeeper
+from cosfail.cosprint.daemon.settings import Settings, open_tables
+from cosfail.cosprint.daemon.spool import JOB_SUFFIX, REJECTED_DIR, SINK_DIR, list_spool, spool_job
+from cosfail.cosprint.fsutil import fsync_dir
+from cosfail.cosprint.role import PRINTING_ROLES, UNVERIFIED
 
 if TYPE_CHECKING:
     import urllib.request

@@ -10,8 +10,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from cosprint import plainsql
-from cosprint.errors import CosfailError
+from cosfail.cosprint import plainsql
+from cosfail.cosprint.errors import CosfailError
 
 TABLES_TIMEOUT = 10.0  # seconds an SQLite read waits on a writer's lock
 
@@ -80,7 +80,7 @@ def open_tables(url: str) -> plainsql.Database:
     path = plainsql.sqlite_file(url)
     if path is None or not plainsql.has_tables(path, plainsql.OBJECT_TABLE_NAMES):
         with_packages()
-        from cosprint import tables  # SQLAlchemy: the schema has one definition
+        from cosfail.cosprint import tables  # SQLAlchemy: the schema has one definition
 
         tables.open_tables(url).dispose()
     return open_database(url, TABLES_TIMEOUT)

@@ -7,7 +7,7 @@ import json
 from pathlib import Path
 from typing import Any
 
-from cosprint.fsutil import atomic_write_bytes
+from cosfail.cosprint.fsutil import atomic_write_bytes
 
 # Paths inside a node's home.
 SINK_DIR = Path("var/sink")

@@ -10,16 +10,16 @@ from __future__ import annotations
 import importlib
 from pathlib import Path
 
-from cosprint.domain import Domain
-from cosprint.driver import Driver
-from cosprint.errors import DriverError
+from cosfail.cosprint.domain import Domain
+from cosfail.cosprint.driver import Driver
+from cosfail.cosprint.errors import DriverError
 
 # The name a node's `driver` setting gives -> the module and class of that driver,
 # imported at first use: a process drives only the kinds its nodes run (the CUPS driver
 # alone needs SQLAlchemy to import).
 REGISTRY: dict[str, tuple[str, str]] = {
-    "reference": ("cosprint.drivers.reference", "ReferenceDriver"),
-    "cups": ("cosprint.drivers.cups", "CupsDriver"),
+    "reference": ("cosfail.cosprint.drivers.reference", "ReferenceDriver"),
+    "cups": ("cosfail.cosprint.drivers.cups", "CupsDriver"),
 }
 
 

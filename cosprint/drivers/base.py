@@ -7,9 +7,9 @@ import subprocess
 import threading
 from pathlib import Path
 
-from cosprint import designation, tables
-from cosprint import snapshot as snapshots
-from cosprint.designation import Designation
+from cosfail.cosprint import designation, tables
+from cosfail.cosprint import snapshot as snapshots
+from cosfail.cosprint.designation import Designation
 
 
 class Children:

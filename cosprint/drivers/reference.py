@@ -23,14 +23,15 @@ import urllib.request
 from pathlib import Path
 from typing import Any
 
-import cosprint
-from cosprint.daemon.identity import READY, is_cosprintd, log_path, pidfile_path, read_pid
-from cosprint.daemon.spool import JOB_SUFFIX, list_spool
-from cosprint.domain import Domain
-from cosprint.driver import Driver, Resent, ServiceStatus
-from cosprint.drivers.base import NodeFiles, children
-from cosprint.errors import DriverError
-from cosprint.forkserver import ForkServer
+from cosfail.cosprint.daemon.identity import READY, is_cosprintd, log_path, pidfile_path, read_pid
+from cosfail.cosprint.daemon.spool import JOB_SUFFIX, list_spool
+from cosfail.cosprint.domain import Domain
+from cosfail.cosprint.driver import Driver, Resent, ServiceStatus
+from cosfail.cosprint.drivers.base import NodeFiles, children
+from cosfail.cosprint.errors import DriverError
+from cosfail.cosprint.forkserver import ForkServer
+
+import cosfail
 
 START_TIMEOUT = 10.0
 STATUS_TIMEOUT = 0.5
@@ -176,14 +177,14 @@ class ReferenceDriver(NodeFiles, Driver):
         or a fork server of services."""
         self.log_path.parent.mkdir(parents=True, exist_ok=True)
         env = dict(os.environ)
-        # The child must import this very cosprint, installed or not.
-        root = str(Path(cosprint.__file__).resolve().parent.parent)
+        # The child must import this very cosfail, installed or not (cosfail/__init__.py).
+        root = str(Path(cosfail.__file__).resolve().parent.parent)
         env["PYTHONPATH"] = os.pathsep.join(filter(None, [root, env.get("PYTHONPATH")]))
         argv = [
             sys.executable,
             "-S",  # no site-packages until the daemon needs one (see daemon._with_packages)
             "-m",
-            "cosprint.daemon",
+            "cosfail.cosprint.daemon",
             "--domain",
             str(self.domain.path),
             "--node",

@@ -15,14 +15,13 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from cosfail.cosprint import authority, designation, tables
+from cosfail.cosprint.snapshot import list_snapshots
+from cosfail.launcher.local import pid_alive
+from cosfail.workers.steps import is_verified
+from cosfail.workflows import ledger as L
+from cosfail.workflows.liveness import alive_workers
 from sqlalchemy import delete, update
-
-from cosprint import authority, designation, tables
-from cosprint.snapshot import list_snapshots
-from launcher.local import pid_alive
-from workers.steps import is_verified
-from workflows import ledger as L
-from workflows.liveness import alive_workers
 
 
 @dataclass(frozen=True)

@@ -15,9 +15,8 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-
-from api.app import read_token
-from workflows import ledger as L
+from cosfail.api.app import read_token
+from cosfail.workflows import ledger as L
 
 schemathesis = pytest.importorskip("schemathesis")
 hypothesis = pytest.importorskip("hypothesis")

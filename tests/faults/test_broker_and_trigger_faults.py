@@ -19,14 +19,13 @@ import time
 
 import pytest
 from conftest import REPO
+from cosfail.launcher.local import pid_alive
+from cosfail.workflows import ledger as L
+from cosfail.workflows import trigger
+from cosfail.workflows.failover import FAILOVER
+from cosfail.workflows.liveness import alive_workers
+from cosfail.workflows.plan import FailoverRequest
 from faults.harness import FaultHarness
-
-from launcher.local import pid_alive
-from workflows import ledger as L
-from workflows import trigger
-from workflows.failover import FAILOVER
-from workflows.liveness import alive_workers
-from workflows.plan import FailoverRequest
 
 FORCED = FailoverRequest(server="srv1", to="bcs1", force=True)
 
@@ -136,8 +135,8 @@ def test_the_trigger_killed_right_after_acceptance(fault_cluster):
 
     # The CLI, waiting on its failover: killed as soon as the ledger has the run.
     cli = subprocess.Popen(  # noqa: S603
-        [sys.executable, "-m", "launcher.cli", "failover", "srv1", "--to", "bcs1", "--force",
-         "--yes", "--wait", "-d", str(c.domain.path)],
+        [sys.executable, "-m", "cosfail.launcher.cli", "failover", "srv1", "--to", "bcs1",
+         "--force", "--yes", "--wait", "-d", str(c.domain.path)],
         cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
     run_id = _kill_when_accepted(c, cli, "failover")
     run = c.wait(run_id, timeout=60)

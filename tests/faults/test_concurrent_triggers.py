@@ -21,15 +21,14 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
 import pytest
-
-from workflows import ledger as L
-from workflows import trigger
-from workflows.backup import BACKUP, BackupRequest
-from workflows.failover import FAILOVER
-from workflows.plan import FailoverRequest, MoveRequest
-from workflows.reclaim import RECLAIM
-from workflows.refusal import Refusal, Refused
-from workflows.switchover import SWITCHOVER
+from cosfail.workflows import ledger as L
+from cosfail.workflows import trigger
+from cosfail.workflows.backup import BACKUP, BackupRequest
+from cosfail.workflows.failover import FAILOVER
+from cosfail.workflows.plan import FailoverRequest, MoveRequest
+from cosfail.workflows.reclaim import RECLAIM
+from cosfail.workflows.refusal import Refusal, Refused
+from cosfail.workflows.switchover import SWITCHOVER
 
 HOSTING = ("failover", "switchover", "reclaim", "failback")
 EPOCH_MOVES = ("failover", "switchover", "failback")  # reclaim keeps the epoch

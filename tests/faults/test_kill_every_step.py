@@ -14,15 +14,14 @@ from collections.abc import Callable
 
 import pytest
 from conftest import ARTIFACTS
+from cosfail.workflows import ledger as L
+from cosfail.workflows import trigger
+from cosfail.workflows.backup import BACKUP, BackupRequest
+from cosfail.workflows.failover import FAILOVER
+from cosfail.workflows.plan import FailoverRequest, MoveRequest
+from cosfail.workflows.reclaim import RECLAIM
+from cosfail.workflows.restart_check import RESTART_CHECK, CheckRequest
 from faults.harness import FaultHarness, KillPoint
-
-from workflows import ledger as L
-from workflows import trigger
-from workflows.backup import BACKUP, BackupRequest
-from workflows.failover import FAILOVER
-from workflows.plan import FailoverRequest, MoveRequest
-from workflows.reclaim import RECLAIM
-from workflows.restart_check import RESTART_CHECK, CheckRequest
 
 WHO = "fault-suite"
 DATA_STEPS = {"export_tables", "ship_snapshot", "verify_snapshot", "restore_snapshot",

@@ -15,14 +15,13 @@ import time
 from dataclasses import dataclass
 
 import pytest
-
-from cosprint.daemon.spool import SINK_DIR, spool_job
-from launcher.demo import JobStream, queues_of
-from workflows import ledger as L
-from workflows import trigger
-from workflows.failover import FAILOVER
-from workflows.plan import FailoverRequest, MoveRequest
-from workflows.switchover import SWITCHOVER
+from cosfail.cosprint.daemon.spool import SINK_DIR, spool_job
+from cosfail.launcher.demo import JobStream, queues_of
+from cosfail.workflows import ledger as L
+from cosfail.workflows import trigger
+from cosfail.workflows.failover import FAILOVER
+from cosfail.workflows.plan import FailoverRequest, MoveRequest
+from cosfail.workflows.switchover import SWITCHOVER
 
 # A 503, or no answer: nothing listens any more, or a stopping node dropped the
 # connection before reading the job.

@@ -14,16 +14,15 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
-from test_snapshot import _fill
-
-from cosprint import tables
-from cosprint.errors import SnapshotError
-from cosprint.snapshot import (
+from cosfail.cosprint import tables
+from cosfail.cosprint.errors import SnapshotError
+from cosfail.cosprint.snapshot import (
     check_snapshot,
     export_snapshot,
     import_snapshot,
     manifest_path,
 )
+from test_snapshot import _fill
 
 SEED = 20_261_125
 FLIPS = 50

@@ -17,12 +17,11 @@ from dataclasses import dataclass
 from itertools import pairwise
 
 import pytest
-
-from cosprint.designation import Designation
-from workflows import ledger as L
-from workflows import trigger
-from workflows.failover import FAILOVER
-from workflows.plan import FailoverRequest
+from cosfail.cosprint.designation import Designation
+from cosfail.workflows import ledger as L
+from cosfail.workflows import trigger
+from cosfail.workflows.failover import FAILOVER
+from cosfail.workflows.plan import FailoverRequest
 
 HOLD = 60.0  # seconds a held step waits at most; the test lets it go long before
 

@@ -59,9 +59,9 @@ CUPS), `spooled` (a spool's jobs), `cupsd` (the program and CUPS's tools), `sync
 role and the three-way sync), `driver` (the Driver calls).
 """
 
-from cosprint.drivers.cups.conf import ClassConf, CupsConf, CupsError, PrinterConf, merge
-from cosprint.drivers.cups.driver import CupsDriver
-from cosprint.drivers.cups.spooled import UNFINISHED, read_job
+from cosfail.cosprint.drivers.cups.conf import ClassConf, CupsConf, CupsError, PrinterConf, merge
+from cosfail.cosprint.drivers.cups.driver import CupsDriver
+from cosfail.cosprint.drivers.cups.spooled import UNFINISHED, read_job
 
 __all__ = ["UNFINISHED", "ClassConf", "CupsConf", "CupsDriver", "CupsError", "PrinterConf",
            "merge", "read_job"]

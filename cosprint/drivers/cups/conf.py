@@ -7,7 +7,7 @@ import re
 from dataclasses import dataclass, field
 from typing import Any
 
-from cosprint.errors import DriverError
+from cosfail.cosprint.errors import DriverError
 
 SINK_SCHEME = "cosfail-sink"
 

@@ -12,12 +12,12 @@ import time
 from pathlib import Path
 from typing import Any
 
-from cosprint.domain import CupsSettings, Domain
-from cosprint.drivers import ipp
-from cosprint.drivers.base import NodeFiles, children
-from cosprint.drivers.cups.conf import SINK_SCHEME
-from cosprint.errors import DriverError
-from cosprint.fsutil import atomic_write_bytes
+from cosfail.cosprint.domain import CupsSettings, Domain
+from cosfail.cosprint.drivers import ipp
+from cosfail.cosprint.drivers.base import NodeFiles, children
+from cosfail.cosprint.drivers.cups.conf import SINK_SCHEME
+from cosfail.cosprint.errors import DriverError
+from cosfail.cosprint.fsutil import atomic_write_bytes
 
 START_TIMEOUT = 15.0
 STOP_TIMEOUT = 10.0

@@ -13,24 +13,23 @@ import uuid
 from pathlib import Path
 from typing import Any
 
-from sqlalchemy import select
-
-from cosprint import snapshot as snapshots
-from cosprint import tables
-from cosprint.domain import Domain
-from cosprint.driver import Driver, Resent, ServiceStatus
-from cosprint.drivers.cups.conf import CupsError
-from cosprint.drivers.cups.cupsd import POLL, START_TIMEOUT, STOP_TIMEOUT, write_if_changed
-from cosprint.drivers.cups.spooled import (
+from cosfail.cosprint import snapshot as snapshots
+from cosfail.cosprint import tables
+from cosfail.cosprint.domain import Domain
+from cosfail.cosprint.driver import Driver, Resent, ServiceStatus
+from cosfail.cosprint.drivers.cups.conf import CupsError
+from cosfail.cosprint.drivers.cups.cupsd import POLL, START_TIMEOUT, STOP_TIMEOUT, write_if_changed
+from cosfail.cosprint.drivers.cups.spooled import (
     CONTROL_FILE_RE,
     UNFINISHED,
     control_files,
     read_job,
     unfinished_files,
 )
-from cosprint.drivers.cups.sync import CupsConfig
-from cosprint.errors import CosfailError, DriverError
-from cosprint.role import PRINTING_ROLES
+from cosfail.cosprint.drivers.cups.sync import CupsConfig
+from cosfail.cosprint.errors import CosfailError, DriverError
+from cosfail.cosprint.role import PRINTING_ROLES
+from sqlalchemy import select
 
 _REQUEST_ID_RE = re.compile(r"request id is (\S+)-(\d+) ")
 

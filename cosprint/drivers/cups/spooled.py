@@ -8,8 +8,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from cosprint.drivers import ipp
-from cosprint.drivers.cups.conf import CupsError, ipp_text
+from cosfail.cosprint.drivers import ipp
+from cosfail.cosprint.drivers.cups.conf import CupsError, ipp_text
 
 UNFINISHED = {3, 4, 5, 6}  # pending, pending-held, processing, processing-stopped
 # Job attributes a resubmitted job carries over, as `lp -o name=value`.

@@ -11,14 +11,10 @@ from functools import cache
 from pathlib import Path
 from typing import Any
 
-from sqlalchemy import create_engine
-from sqlalchemy.engine import Engine, make_url
-from sqlalchemy.pool import NullPool
-
-from cosprint import authority, tables
-from cosprint.designation import Designation
-from cosprint.drivers import ipp
-from cosprint.drivers.cups.conf import (
+from cosfail.cosprint import authority, tables
+from cosfail.cosprint.designation import Designation
+from cosfail.cosprint.drivers import ipp
+from cosfail.cosprint.drivers.cups.conf import (
     BASELINE,
     ClassConf,
     CupsConf,
@@ -31,11 +27,14 @@ from cosprint.drivers.cups.conf import (
     ipp_text,
     merge,
 )
-from cosprint.drivers.cups.cupsd import Cupsd
-from cosprint.drivers.cups.tablemap import capture_into_tables, desired_conf
-from cosprint.errors import CosfailError, DriverError
-from cosprint.fsutil import atomic_write_bytes
-from cosprint.role import PRINTING_ROLES, decide_role
+from cosfail.cosprint.drivers.cups.cupsd import Cupsd
+from cosfail.cosprint.drivers.cups.tablemap import capture_into_tables, desired_conf
+from cosfail.cosprint.errors import CosfailError, DriverError
+from cosfail.cosprint.fsutil import atomic_write_bytes
+from cosfail.cosprint.role import PRINTING_ROLES, decide_role
+from sqlalchemy import create_engine
+from sqlalchemy.engine import Engine, make_url
+from sqlalchemy.pool import NullPool
 
 REASON_PREFIX = "cosfail:"
 CUPS_PRINTER_CLASS = 0x0001

@@ -6,10 +6,8 @@ from __future__ import annotations
 import re
 from typing import Any
 
-from sqlalchemy import Connection, delete, func, insert, select, update
-
-from cosprint import tables
-from cosprint.drivers.cups.conf import (
+from cosfail.cosprint import tables
+from cosfail.cosprint.drivers.cups.conf import (
     BASELINE,
     MEDIA,
     ClassConf,
@@ -24,6 +22,7 @@ from cosprint.drivers.cups.conf import (
     valid_dest_name,
     wrap_device,
 )
+from sqlalchemy import Connection, delete, func, insert, select, update
 
 _URI_RE = re.compile(r"^[A-Za-z][A-Za-z0-9+.-]*:[^\s'\"\\]+$")
 _CONTROL_RE = re.compile(r"[\x00-\x1f\x7f]")
