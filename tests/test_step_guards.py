@@ -7,12 +7,13 @@ from __future__ import annotations
 
 import time
 
+import pytest
 from cosfail.cosprint import authority
 from cosfail.cosprint.designation import Designation
 from cosfail.workers.app import app
 from cosfail.workers.steps import RestartCheck, restart_check
 from cosfail.workflows import ledger as L
-from cosfail.workflows.engine import Do, absences, overdue
+from cosfail.workflows.engine import Do, absences, next_look, overdue, stage_verdict
 
 TARGET = Designation("bcs1", 9)  # what cl1's designation would become if a step acted
 
@@ -91,3 +92,37 @@ def test_a_fan_out_stops_waiting_for_a_member_queued_or_orphaned_past_expiry_or_
     late = overdue(waiting, absent, start=99.0, now=700.0, expires=5, lease=600)
     assert set(late) == set(waiting)
     assert late["cl4"] == "the step ran on cl4 past the lock lease (600 s)"
+
+
+def test_a_fan_out_looks_again_when_its_next_member_falls_due_and_no_sooner():
+    """The deadline's timer, over data: it wakes when overdue() could first name someone,
+    not on a polling beat."""
+    # a queued member falls due at its expiry
+    assert next_look({"cl1": L.QUEUED}, {}, start=100.0, now=101.0, expires=5,
+                     lease=600) == pytest.approx(4.05)
+    # a running member's worker is looked for every half expiry...
+    assert next_look({"cl1": L.RUNNING}, {}, start=100.0, now=106.0, expires=5,
+                     lease=600) == pytest.approx(2.55)
+    # ...and once seen gone, it falls due `expires` after that
+    assert next_look({"cl1": L.RUNNING}, {"cl1": 104.0}, start=100.0, now=106.0, expires=5,
+                     lease=600) == pytest.approx(3.05)
+    # the lock lease bounds a member whose worker stays connected but hangs
+    assert next_look({"cl1": L.RUNNING}, {}, start=100.0, now=699.0, expires=5,
+                     lease=600) == pytest.approx(1.05)
+    # the soonest of several; never a negative delay
+    assert next_look({"cl1": L.QUEUED, "cl2": L.RUNNING}, {}, start=100.0, now=200.0,
+                     expires=5, lease=600) == pytest.approx(0.05)
+
+
+def test_a_fan_out_stage_ends_only_when_no_member_is_left_and_says_how_it_went():
+    step = "repoint_and_start"
+    assert stage_verdict({"cl1": (L.SUCCEEDED, step, None), "cl2": (L.RUNNING, step, None)}) \
+        is None
+    assert stage_verdict({"cl1": (L.SUCCEEDED, step, None), "cl2": (L.RETRYING, step, "x")}) \
+        is None
+    assert stage_verdict({"cl2": (L.SUCCEEDED, step, None), "cl1": (L.SUCCEEDED, step, None),
+                          "cl3": (L.SKIPPED, step, "gone")}) == (
+        True, "repoint_and_start done on 2 node(s) (cl1, cl2); unreachable, skipped: cl3")
+    assert stage_verdict({"cl1": (L.FAILED, step, "disk full"), "cl2": (L.SUCCEEDED, step, None),
+                          "cl3": (L.FAILED, step, "lost")}) == (
+        False, "repoint_and_start failed on 2 node(s): cl1: disk full; cl3: lost")

@@ -47,7 +47,7 @@ class Envelope:
     node: str
     epoch: int
     launch: int = 1
-    # Set for the members of a fan-out: their continuation belongs to the fan-out step.
+    # Set for the members of a fan-out: the last of them to finish settles the stage.
     member: bool = False
 
     @property
@@ -57,10 +57,15 @@ class Envelope:
 
 @dataclass(frozen=True)
 class Outcome:
-    """What a step did: one sentence for people, and facts for the steps after it."""
+    """What a step did: one sentence for people, and facts for the steps after it.
+
+    `pending`: the step handed its work on to others who report back (a fan-out sent its
+    members); the journal records it done when they have.
+    """
 
     sentence: str
     facts: dict[str, Any] = dataclasses.field(default_factory=dict)
+    pending: bool = False
 
 
 class Superseded(Exception):
@@ -81,7 +86,10 @@ class Journal(Protocol):
         """
         ...
 
-    def succeed(self, env: Envelope, outcome: Outcome, chained: bool) -> None: ...
+    def succeed(self, env: Envelope, outcome: Outcome) -> None:
+        """Record the outcome and send the run on: the journal, not Celery, knows what
+        comes next."""
+        ...
 
     def fail(self, env: Envelope, error: str, final: bool) -> None: ...
 
@@ -194,7 +202,7 @@ def _run_step(self: Task, env: Envelope, fn: StepFn, arg: S) -> str:
         raise
     failpoints.hit(env.name, env.node, "after")
     outcome = result if isinstance(result, Outcome) else Outcome(result)
-    journal().succeed(env, outcome, chained=bool(self.request.chain))
+    journal().succeed(env, outcome)
     return outcome.sentence
 
 

@@ -1,29 +1,32 @@
-"""Runs: from a workflow's list of stages to a recorded, launched, resumable Celery chain.
+"""Runs: from a workflow's list of stages to a recorded, launched, resumable run.
 
 A workflow is a list of stages, read top to bottom: `Do` (one step on one node or on
 `control`) and `Each` (the same step fanned out over several nodes, in parallel). The
-engine records every step with its exact JSON input in the ledger, then launches the
-chain; `resume` relaunches from the first step not done, under a new launch number so
-that stray messages of the old launch are dropped.
+engine records every step with its exact JSON input in the ledger, then sends the first
+stage. The ledger alone carries a run on: a step that succeeds sends the next stage in
+the transaction's wake, and of a fan-out's members the last to finish settles the stage
+(a conditional UPDATE under the stage row's lock) and sends the next one; a deadline
+task judges the members that never answer. Nobody polls. `resume` relaunches from the
+first step not done, under a new launch number so that stray messages of the old launch
+are dropped.
 """
 
 from __future__ import annotations
 
 import logging
 import time
-from dataclasses import asdict, dataclass, replace
+from dataclasses import asdict, dataclass, field, replace
 from typing import Any
 
-from celery import Task, chain
-from celery.canvas import Signature
+from celery import Task
 from celery.utils import uuid
 from cosfail.cosprint import authority
 from cosfail.cosprint.domain import Domain
-from cosfail.workers.app import app, connected_workers
+from cosfail.workers.app import CONTROL_QUEUE, app, connected_workers
 from cosfail.workers.step import CONTROL, Envelope, Here, Outcome, Superseded, step, worker_id
 from cosfail.workflows import ledger as L
 from cosfail.workflows.ledger import Ledger
-from sqlalchemy import select
+from sqlalchemy import Connection, and_, bindparam, select, update
 
 log = logging.getLogger("cosfail.engine")
 
@@ -113,29 +116,36 @@ class Engine:
                                       subject=subject)
 
     def launch(self, run_id: str, from_idx: int = 0, launch: int | None = None) -> None:
-        """Send the chain of every stage from `from_idx` whose steps are not all done."""
+        """Send the first stage from `from_idx` whose steps are not all done; each stage
+        sends the next once it is done."""
         run = self.ledger.run(run_id)
         launch = launch or run["launch"]
-        rows = [r for r in self.ledger.steps(run_id) if r.idx >= from_idx and not r.member]
-        sigs = [self._signature(r, launch) for r in rows if r.state not in L.DONE]
-        if not sigs:
+        pending = [r for r in self.ledger.steps(run_id)
+                   if r.idx >= from_idx and not r.member and r.state not in L.DONE]
+        if not pending:
             self.ledger.set_run_state(run_id, L.SUCCEEDED)
             return
-        first = min(r.idx for r in rows if r.state not in L.DONE)
         with self.ledger.tx() as conn:
             self.ledger.set_run_state(run_id, L.RUNNING, conn=conn)
-            self.ledger.mark_queued(run_id, first, conn=conn)
-        chain(*sigs).apply_async()
+            self.ledger.mark_queued(run_id, pending[0].idx, conn=conn)
+        self._send(pending[0], launch)
 
-    def _signature(self, row: L.StepRow, launch: int) -> Signature:
-        env = {**row.envelope, "launch": launch}
-        opts: dict[str, Any] = {"queue": row.queue}
-        if row.node:
-            opts["expires"] = self.domain.control.step_expires
+    def _send(self, row: L.StepRow, launch: int, task_id: str | None = None,
+              producer: Any = None) -> None:
         # By name, not from this process's task registry: a process that resumes a run
         # (CLI, API) need not have imported the module that defines each of its steps.
-        return app.signature(row.task, kwargs={"run": env, "step": row.input},
-                             immutable=True).set(**opts)
+        app.send_task(row.task, kwargs={"run": {**row.envelope, "launch": launch},
+                                        "step": row.input},
+                      queue=row.queue, task_id=task_id, producer=producer,
+                      expires=self.domain.control.step_expires if row.node else None)
+
+    def _send_stage(self, run_id: str, nxt: tuple[int, int] | None) -> None:
+        """Send stage `nxt` = (index, launch), which the ledger has marked queued."""
+        if nxt is None:
+            return
+        idx, launch = nxt
+        [head] = [r for r in self.ledger.steps(run_id) if r.idx == idx and not r.member]
+        self._send(head, launch)
 
     def resume(self, run_id: str) -> int:
         """Relaunch a failed run from its first step not done; returns that step's index."""
@@ -159,7 +169,8 @@ class Engine:
         """Fail steps whose worker is gone; returns what it found, one line each.
 
         A step is lost when it is `running` under a worker that is not in `alive`
-        (worker ids), or `queued` past its expiry with no worker taking it: on a node or
+        (worker ids; an open fan-out stage has none: its deadline judges it), or `queued`
+        past its expiry with no worker taking it: on a node or
         on `control` alike (but a fan-out member's expiry is its stage's to judge: it
         may skip the node rather than fail the run), since a message the broker lost
         (a Redis restart loses what it held) or a trigger never sent leaves no worker
@@ -174,7 +185,8 @@ class Engine:
         for s in self.ledger.stuck_steps(node):
             if run_id and s.run_id != run_id:
                 continue
-            if s.state in (L.RUNNING, L.RETRYING) and alive is not None and s.worker not in alive:
+            if s.state in (L.RUNNING, L.RETRYING) and alive is not None \
+                    and s.worker is not None and s.worker not in alive:
                 reason = f"the worker of {s.node or 'control'} ({s.worker}) was lost mid-step"
             elif s.state == L.QUEUED and s.queued_at and now - s.queued_at > expires \
                     and not s.member:  # a member's expiry is its fan-out's to judge
@@ -182,11 +194,13 @@ class Engine:
             else:
                 continue
             found.append(f"run {s.run_id} step {s.idx} {s.name} on {s.node}: {reason}")
+            if s.member:
+                self.give_up(s.run_id, s.idx, {s.node: reason}, skip=False)
+                continue
             self.ledger.update_step(s.run_id, s.idx, s.node, state=L.FAILED, error=reason,
                                     finished_at=now)
-            if not s.member:
-                self.ledger.set_run_state(s.run_id, L.FAILED,
-                                          error=f"step {s.idx} {s.name}: {reason}")
+            self.ledger.set_run_state(s.run_id, L.FAILED,
+                                      error=f"step {s.idx} {s.name}: {reason}")
         if node is None:
             reason = f"never launched: its trigger stopped within {expires:g} s of it"
             for rid in self.ledger.fail_unlaunched(now - expires, reason, run_id):
@@ -229,25 +243,26 @@ class Engine:
                                     "could not be started")
         return None
 
-    def succeed(self, env: Envelope, outcome: Outcome, chained: bool) -> None:
+    def succeed(self, env: Envelope, outcome: Outcome) -> None:
         led = self.ledger
         with led.tx() as conn:
-            queued = led.succeed_step(conn, env.run_id, env.index, env.node, outcome.sentence,
-                                      outcome.facts, env.member)
-            if env.member or (queued and chained):
-                return
-            nxt = led.next_idx(env.run_id, env.index, conn)
-            if nxt is None:
-                led.set_run_state(env.run_id, L.SUCCEEDED, conn=conn)
-                for lock in (L.HOSTING_LOCK, L.BACKUP_LOCK):
-                    led.release(lock, env.run_id, conn=conn)
-                return
-        if not chained:
-            # Applied alone (a retry from Flower): the ledger knows the rest of the chain.
-            log.info("continuing run %s from step %s", env.run_id, nxt)
-            self.launch(env.run_id, nxt, env.launch)
+            if env.member or outcome.pending:  # a fan-out's: the stage may be done
+                _lock_stage(conn, env.run_id, env.index)
+                if env.member:
+                    led.succeed_step(conn, env.run_id, env.index, env.node,
+                                     outcome.sentence, outcome.facts)
+                nxt = self._settle(conn, env.run_id, env.index)
+            elif led.succeed_step(conn, env.run_id, env.index, env.node, outcome.sentence,
+                                  outcome.facts):
+                nxt = led.advance(conn, env.run_id, env.index)
+            else:  # it ran twice (sent again by a resume); the first sent the run on
+                nxt = None
+        self._send_stage(env.run_id, nxt)
 
     def fail(self, env: Envelope, error: str, final: bool) -> None:
+        if final and env.member:
+            self.give_up(env.run_id, env.index, {env.node: error}, skip=False)
+            return
         with self.ledger.tx() as conn:
             self.ledger.update_step(env.run_id, env.index, env.node, conn=conn,
                                     state=L.FAILED if final else L.RETRYING, error=error,
@@ -259,6 +274,125 @@ class Engine:
                 # A failed backup frees the schedule; a failed hosting change keeps the
                 # domain locked until it is resumed (or its lease runs out).
                 self.ledger.release(L.BACKUP_LOCK, env.run_id, conn=conn)
+
+
+    # ----- fan-out stages ----------------------------------------------------------------
+    def _settle(self, conn: Connection, run_id: str, idx: int) -> tuple[int, int] | None:
+        """Close the fan-out stage `idx` once none of its members is left to finish, and
+        return the stage to send next. The caller holds the stage's lock (`_lock_stage`):
+        of members finishing at once, exactly one closes it."""
+        led = self.ledger
+        head = conn.execute(select(L.steps.c.state).where(_head_key(run_id, idx))).scalar()
+        if head not in (L.RUNNING, L.FAILED):  # not open yet, or closed already
+            return None
+        members = {r.node: (r.state, r.name, r.error) for r in conn.execute(
+            select(L.steps.c.node, L.steps.c.state, L.steps.c.name, L.steps.c.error)
+            .where(L.steps.c.run_id == run_id, L.steps.c.idx == idx,
+                   L.steps.c.member.is_(True)))}
+        verdict = stage_verdict(members)
+        if verdict is None:
+            return None
+        ok, text = verdict
+        now = time.time()
+        where = _head_key(run_id, idx)
+        if not ok:
+            if head == L.RUNNING:
+                conn.execute(update(L.steps).where(where).values(
+                    state=L.FAILED, error=text, finished_at=now))
+                led.set_run_state(run_id, L.FAILED, conn=conn, error=f"step {idx}: {text}")
+                led.release(L.BACKUP_LOCK, run_id, conn=conn)
+            return None
+        conn.execute(update(L.steps).where(where).values(
+            state=L.SUCCEEDED, outcome=text, error=None, finished_at=now))
+        if head == L.FAILED:  # a failed member applied again (Flower) mended the stage
+            led.set_run_state(run_id, L.RUNNING, conn=conn)
+        return led.advance(conn, run_id, idx)
+
+    def give_up(self, run_id: str, idx: int, why: dict[str, str], skip: bool = True) -> None:
+        """Stop waiting for the members `why` names (node → why): skipped where the
+        stage may do without them and `skip`, failed otherwise; then settle the stage."""
+        with self.ledger.tx() as conn:
+            _lock_stage(conn, run_id, idx)
+            rows = {r.node: r for r in conn.execute(
+                select(L.steps.c.node, L.steps.c.required, L.steps.c.task_id)
+                .where(L.steps.c.run_id == run_id, L.steps.c.idx == idx,
+                       L.steps.c.member.is_(True), L.steps.c.node.in_(why)))}
+            for node, reason in why.items():
+                conn.execute(update(L.steps).where(
+                    L.steps.c.run_id == run_id, L.steps.c.idx == idx, L.steps.c.node == node,
+                    L.steps.c.state.not_in((*L.DONE, L.FAILED))).values(
+                    state=L.SKIPPED if skip and not rows[node].required else L.FAILED,
+                    error=reason, finished_at=time.time()))
+            nxt = self._settle(conn, run_id, idx)
+        for node in why:
+            if skip and rows[node].task_id:  # a late message must not act after all
+                app.control.revoke(rows[node].task_id, terminate=False)
+        self._send_stage(run_id, nxt)
+
+    def open_stage(self, run_id: str, idx: int) -> str:
+        """Send the members of fan-out stage `idx` not done yet and set its deadline."""
+        led = self.ledger
+        launch = led.run(run_id)["launch"]
+        members = led.members(run_id, idx)
+        # A node an earlier stage skipped is not waited on again: its worker went away (or
+        # never took a step) within this run, and a step on it now, without the ones it
+        # missed, would not be what the plan meant. Its restart-check mends it later.
+        gone = {n: f"step {i} of this run skipped {n}"
+                for n, i in led.skipped_members(run_id, before=idx).items()}
+        todo = [r for r in members if r.state not in L.DONE and r.node not in gone]
+        sent = {r.node: uuid() for r in todo}
+        # Recorded as queued before any is sent: a quick worker's running/succeeded must
+        # never be overwritten by a late `queued`.
+        led.queue_members(run_id, idx, sent)
+        watch = StageWatch(run_id, idx, launch, opened_at=time.time())
+        with app.producer_or_acquire() as producer:  # one broker connection for them all
+            for r in todo:
+                self._send(r, launch, task_id=sent[r.node], producer=producer)
+            self.watch_later(watch, self.domain.control.step_expires, producer)
+        name = members[0].name if members else "step"
+        sentence = f"sent {name} to {len(todo)} node(s)"
+        with led.tx() as conn:
+            conn.execute(_OPEN_STAGE, {"k_run": run_id, "k_idx": idx, "v_outcome": sentence})
+        left_out = {n: why for n, why in gone.items()
+                    if any(r.node == n and r.state not in L.DONE for r in members)}
+        if left_out:
+            self.give_up(run_id, idx, left_out)
+        return sentence
+
+    def watch_later(self, watch: StageWatch, delay: float, producer: Any = None) -> None:
+        stage_deadline.apply_async(kwargs={"watch": asdict(watch)}, queue=CONTROL_QUEUE,
+                                   countdown=delay, producer=producer)
+
+    def watch_stage(self, watch: StageWatch) -> None:
+        """Judge the members of an open stage that have not answered; look again when
+        the next of the others falls due."""
+        led, ctl = self.ledger, self.domain.control
+        run = led.run(watch.run_id)
+        if run["launch"] != watch.launch or run["state"] != L.RUNNING:
+            return  # resumed (its new launch watches anew) or ended
+        waiting = {n: s for n, s in led.member_states(watch.run_id, watch.idx).items()
+                   if s not in (*L.DONE, L.FAILED)}
+        if not waiting:
+            return
+        now = time.time()
+        connected = connected_workers(self.domain) if L.RUNNING in waiting.values() else None
+        absent = absences(waiting, connected, watch.absent_since, now)
+        late = overdue(waiting, absent, watch.opened_at, now, ctl.step_expires, ctl.lock_lease)
+        if late:
+            self.give_up(watch.run_id, watch.idx, late)
+        rest = {n: s for n, s in waiting.items() if n not in late}
+        if rest:
+            self.watch_later(replace(watch, absent_since=absent),
+                             next_look(rest, absent, watch.opened_at, now, ctl.step_expires,
+                                       ctl.lock_lease))
+
+    def watch_open_stages(self) -> list[str]:
+        """Set a deadline for every open fan-out stage again (a control worker's start:
+        the one that held a deadline may have died with it)."""
+        rows = self.ledger.open_stages()
+        for run_id, idx, launch, queued_at in rows:
+            self.watch_later(StageWatch(run_id, idx, launch, opened_at=queued_at or 0.0), 0)
+        return [f"run {r} stage {i}: watched again" for r, i, _, _ in rows]
 
 
 _engine: Engine | None = None
@@ -274,14 +408,58 @@ def engine() -> Engine:
     return _engine
 
 
-class StageFailed(Exception):
-    """A fan-out stage in which a required node failed or never answered."""
+def _head_key(run_id: str, idx: int):  # type: ignore[no-untyped-def]
+    return and_(L.steps.c.run_id == run_id, L.steps.c.idx == idx,
+                L.steps.c.member.is_(False))
 
 
-# How often a fan-out looks at its members' states: one indexed read of two columns.
-POLL = 0.005
-# How often it asks the broker which workers are connected, while a member runs.
-PRESENCE_EVERY = 0.5
+# A write on the stage's own row before anything else in the transaction: PostgreSQL
+# then holds that row's lock, SQLite its one writer's, so the members of one stage settle
+# one at a time, each seeing the others' outcomes, and exactly one closes it.
+_LOCK_STAGE = update(L.steps).where(
+    L.steps.c.run_id == bindparam("k_run"), L.steps.c.idx == bindparam("k_idx"),
+    L.steps.c.member.is_(False)).values(idx=L.steps.c.idx)
+# The fan-out has sent its members and set its deadline: its row waits for them, held by
+# no worker (the control worker's death must not count it lost), unless they have closed
+# it already.
+_OPEN_STAGE = update(L.steps).where(
+    L.steps.c.run_id == bindparam("k_run"), L.steps.c.idx == bindparam("k_idx"),
+    L.steps.c.member.is_(False), L.steps.c.state == L.RUNNING).values(
+    worker=None, outcome=bindparam("v_outcome"))
+
+
+def _lock_stage(conn: Connection, run_id: str, idx: int) -> None:
+    conn.execute(_LOCK_STAGE, {"k_run": run_id, "k_idx": idx})
+
+
+@dataclass(frozen=True)
+class StageWatch:
+    """A deadline's input: which open stage, under which launch, opened when, and since
+    when each running member's worker has been seen without a broker connection."""
+
+    run_id: str
+    idx: int
+    launch: int
+    opened_at: float
+    absent_since: dict[str, float] = field(default_factory=dict)
+
+
+def stage_verdict(members: dict[str, tuple[str, str, str | None]]) -> tuple[bool, str] | None:
+    """A fan-out stage's end from its members (node → state, step name, error): None
+    while one is left to finish, else whether it succeeded and the sentence saying so."""
+    if any(state not in (*L.DONE, L.FAILED) for state, _, _ in members.values()):
+        return None
+    name = next((n for _, n, _ in members.values()), "step")
+    failed = {n: e for n, (s, _, e) in sorted(members.items()) if s == L.FAILED}
+    if failed:
+        detail = "; ".join(f"{n}: {e}" for n, e in failed.items())
+        return False, f"{name} failed on {len(failed)} node(s): {detail}"
+    done = sorted(n for n, (s, _, _) in members.items() if s == L.SUCCEEDED)
+    skipped = sorted(n for n, (s, _, _) in members.items() if s == L.SKIPPED)
+    text = f"{name} done on {len(done)} node(s) ({', '.join(done)})"
+    if skipped:
+        text += f"; unreachable, skipped: {', '.join(skipped)}"
+    return True, text
 
 
 def overdue(waiting: dict[str, str], absent_since: dict[str, float], start: float,
@@ -314,63 +492,37 @@ def absences(waiting: dict[str, str], connected: set[str] | None,
             if s == L.RUNNING and n not in connected}
 
 
+# A little past each due time: overdue() counts a member late only once strictly past it.
+_PAST_DUE = 0.05
+
+
+def next_look(waiting: dict[str, str], absent_since: dict[str, float], start: float,
+              now: float, expires: float, lease: float) -> float:
+    """Seconds until `overdue` may first name one of `waiting`: a queued member at its
+    expiry, an absent worker `expires` after it was first seen gone, a running member at
+    the lease; a running member's worker is looked for again every half expiry, so that
+    one gone is counted absent within half an expiry of leaving."""
+    due = []
+    for node, state in waiting.items():
+        if state in (L.QUEUED, L.PLANNED):
+            due.append(start + expires)
+        else:
+            due.append(start + lease)
+            due.append(absent_since[node] + expires if node in absent_since
+                       else now + expires / 2)
+    return max(0.0, min(due) - now) + _PAST_DUE
+
+
 @step("control.each", EachInput)
-def each_task(here: Here, arg: EachInput) -> str:
-    """Fan a stage out over its nodes, wait for each (up to its expiry), report."""
-    eng = engine()
-    led = eng.ledger
-    launch = led.run(arg.run_id)["launch"]
-    members = led.members(arg.run_id, arg.idx)
-    # A node an earlier stage skipped is not waited on again: its worker went away (or
-    # never took a step) within this run, and a step on it now, without the ones it
-    # missed, would not be what the plan meant. Its restart-check mends it later.
-    gone = {n: f"step {i} of this run skipped {n}"
-            for n, i in led.skipped_members(arg.run_id, before=arg.idx).items()}
-    todo = [r for r in members if r.state not in L.DONE and r.node not in gone]
-    sent = {r.node: uuid() for r in todo}
-    # Recorded as queued before any is sent: a quick worker's running/succeeded must
-    # never be overwritten by a late `queued` (it would then wait out its expiry).
-    led.queue_members(arg.run_id, arg.idx, sent)
-    expires, lease = eng.domain.control.step_expires, eng.domain.control.lock_lease
-    with app.producer_or_acquire() as producer:  # one broker connection for them all
-        for r in todo:
-            app.send_task(r.task, kwargs={"run": {**r.envelope, "launch": launch},
-                                          "step": r.input},
-                          queue=r.queue, expires=expires, task_id=sent[r.node],
-                          producer=producer)
-    start = looked = time.time()
-    absent_since: dict[str, float] = {}
-    while True:
-        waiting = {n: s for n, s in led.member_states(arg.run_id, arg.idx).items()
-                   if s not in (*L.DONE, L.FAILED)}
-        now = time.time()
-        if L.RUNNING in waiting.values() and now - looked >= PRESENCE_EVERY:
-            absent_since = absences(waiting, connected_workers(eng.domain), absent_since, now)
-            looked = now
-        late = {**overdue(waiting, absent_since, start, now, expires, lease),
-                **{n: why for n, why in gone.items() if n in waiting}}
-        if len(waiting) == len(late):
-            break
-        time.sleep(POLL)
-    required = {r.node: r.required for r in members}
-    for node, why in late.items():
-        if node in sent:
-            app.control.revoke(sent[node], terminate=False)
-        led.update_step(arg.run_id, arg.idx, node,
-                        state=L.FAILED if required[node] else L.SKIPPED,
-                        finished_at=time.time(), error=why)
-    rows = {r.node: r for r in led.members(arg.run_id, arg.idx)}
-    done = sorted(n for n, r in rows.items() if r.state == L.SUCCEEDED)
-    skipped = sorted(n for n, r in rows.items() if r.state == L.SKIPPED)
-    failed = {n: r.error for n, r in rows.items() if r.state == L.FAILED}
-    name = members[0].name if members else "step"
-    if failed:
-        detail = "; ".join(f"{n}: {e}" for n, e in sorted(failed.items()))
-        raise StageFailed(f"{name} failed on {len(failed)} node(s): {detail}")
-    text = f"{name} done on {len(done)} node(s) ({', '.join(done)})"
-    if skipped:
-        text += f"; unreachable, skipped: {', '.join(skipped)}"
-    return text
+def each_task(here: Here, arg: EachInput) -> Outcome:
+    """Fan a stage out over its nodes; the last of them to finish settles it."""
+    return Outcome(engine().open_stage(arg.run_id, arg.idx), pending=True)
+
+
+@app.task(name="cosfail.control.stage_deadline", ignore_result=True, acks_late=True)
+def stage_deadline(watch: dict[str, Any]) -> None:
+    """An open fan-out's deadline: judge its members that have not answered."""
+    engine().watch_stage(StageWatch(**watch))
 
 
 def wait_for(eng: Engine, run_id: str, timeout: float = 600.0, poll: float = 0.05,
@@ -393,4 +545,4 @@ def wait_for(eng: Engine, run_id: str, timeout: float = 600.0, poll: float = 0.0
         time.sleep(poll)
 
 
-__all__ = ["Do", "Each", "Engine", "engine", "wait_for", "worker_id", "StageFailed"]
+__all__ = ["Do", "Each", "Engine", "engine", "wait_for", "worker_id"]

@@ -125,7 +125,7 @@ _START_STEP = update(steps).where(
 )
 _RENEW = update(locks).where(locks.c.run_id == bindparam("k_run")).values(
     lease_until=bindparam("v_until"))
-_SUCCEED_STEP = update(steps).where(_STEP_KEY).values(
+_SUCCEED_STEP = update(steps).where(_STEP_KEY, steps.c.state != SUCCEEDED).values(
     state=SUCCEEDED, outcome=bindparam("v_outcome"), facts=bindparam("v_facts"), error=None,
     finished_at=bindparam("v_now"))
 _MEMBER_STATES = select(steps.c.node, steps.c.state).where(
@@ -191,6 +191,14 @@ class Ledger:
     def tx(self) -> Iterator[Connection]:
         with self.engine.begin() as conn:
             yield conn
+
+    def _execute(self, stmt: Any, conn: Connection | None) -> None:
+        """`stmt` in the caller's transaction, or in one of its own."""
+        if conn is not None:
+            conn.execute(stmt)
+            return
+        with self.tx() as c:
+            c.execute(stmt)
 
     # ----- runs --------------------------------------------------------------------
     def create_run(
@@ -316,8 +324,8 @@ class Ledger:
         return [self._step_row(r) for r in rows]
 
     def member_states(self, run_id: str, idx: int) -> dict[str, str]:
-        """Node → state of each member of the fan-out stage `idx`: what a fan-out polls,
-        so it reads two short columns, not whole rows."""
+        """Node → state of each member of the fan-out stage `idx`: what its deadline
+        looks at, so it reads two short columns, not whole rows."""
         with self.engine.connect() as conn:
             return dict(conn.execute(_MEMBER_STATES, {"k_run": run_id, "k_idx": idx}).all())
 
@@ -357,11 +365,7 @@ class Ledger:
         else:
             values["finished_at"] = None
         stmt = update(runs).where(runs.c.id == run_id).values(**values)
-        if conn is not None:
-            conn.execute(stmt)
-        else:
-            with self.tx() as c:
-                c.execute(stmt)
+        self._execute(stmt, conn)
 
     def next_launch(self, run_id: str) -> int:
         """Start a new launch of the run: messages of the older launch are superseded."""
@@ -378,11 +382,7 @@ class Ledger:
     def update_step(self, run_id: str, idx: int, node: str, conn: Connection | None = None,
                     **values: Any) -> None:
         stmt = update(steps).where(self._step_where(run_id, idx, node)).values(**values)
-        if conn is not None:
-            conn.execute(stmt)
-        else:
-            with self.tx() as c:
-                c.execute(stmt)
+        self._execute(stmt, conn)
 
     def start_step(self, conn: Connection, run_id: str, idx: int, node: str, launch: int,
                    epoch: int, task_id: str, worker: str, lease: float) -> bool:
@@ -399,21 +399,24 @@ class Ledger:
         return bool(started)
 
     def succeed_step(self, conn: Connection, run_id: str, idx: int, node: str, outcome: str,
-                     facts: dict[str, Any], member: bool) -> bool:
-        """Record the step's success; for a stage, also queue the next stage's steps not
-        done. True when some were queued."""
-        now = time.time()
-        conn.execute(_SUCCEED_STEP, {"k_run": run_id, "k_idx": idx, "k_node": node,
-                                     "v_outcome": outcome, "v_facts": json.dumps(facts),
-                                     "v_now": now})
-        if member:
-            return False
-        return bool(conn.execute(_QUEUE_NEXT, {"k_run": run_id, "k_idx": idx,
-                                               "v_now": now}).rowcount)
+                     facts: dict[str, Any]) -> bool:
+        """Record the step's success; False if it was recorded already."""
+        return bool(conn.execute(_SUCCEED_STEP, {
+            "k_run": run_id, "k_idx": idx, "k_node": node, "v_outcome": outcome,
+            "v_facts": json.dumps(facts), "v_now": time.time()}).rowcount)
 
-    def next_idx(self, run_id: str, after: int, conn: Connection) -> int | None:
-        """The index of the stage after `after`, or None when it is the last."""
-        return conn.execute(select(_NEXT_IDX), {"k_run": run_id, "k_idx": after}).scalar()
+    def advance(self, conn: Connection, run_id: str, done: int) -> tuple[int, int] | None:
+        """After stage `done`: queue the next stage's steps not done and return its index
+        with the launch to send it under; after the last stage, mark the run succeeded
+        and free its locks (None)."""
+        nxt = conn.execute(select(_NEXT_IDX), {"k_run": run_id, "k_idx": done}).scalar()
+        if nxt is None:
+            self.set_run_state(run_id, SUCCEEDED, conn=conn)
+            for lock in (HOSTING_LOCK, BACKUP_LOCK):
+                self.release(lock, run_id, conn=conn)
+            return None
+        conn.execute(_QUEUE_NEXT, {"k_run": run_id, "k_idx": done, "v_now": time.time()})
+        return nxt, conn.execute(select(runs.c.launch).where(runs.c.id == run_id)).scalar_one()
 
     def mark_queued(self, run_id: str, idx: int, conn: Connection | None = None) -> None:
         """Every not-done row at `idx` is now waiting in a queue."""
@@ -421,11 +424,7 @@ class Ledger:
                 .where(steps.c.run_id == run_id, steps.c.idx == idx,
                        steps.c.state.not_in(DONE))
                 .values(state=QUEUED, queued_at=time.time(), error=None))
-        if conn is not None:
-            conn.execute(stmt)
-        else:
-            with self.tx() as c:
-                c.execute(stmt)
+        self._execute(stmt, conn)
 
     # ----- locks -------------------------------------------------------------------
     def acquire(self, name: str, run_id: str, owner: str, lease: float) -> None:
@@ -465,11 +464,7 @@ class Ledger:
 
     def release(self, name: str, run_id: str, conn: Connection | None = None) -> None:
         stmt = locks.delete().where(locks.c.name == name, locks.c.run_id == run_id)
-        if conn is not None:
-            conn.execute(stmt)
-        else:
-            with self.tx() as c:
-                c.execute(stmt)
+        self._execute(stmt, conn)
 
     # ----- snapshot catalog ----------------------------------------------------------
     def record_snapshot(self, **values: Any) -> None:
@@ -583,6 +578,16 @@ class Ledger:
                     failed.append(rid)
                     self.release(BACKUP_LOCK, rid, conn=conn)
         return failed
+
+    def open_stages(self) -> list[tuple[str, int, int, float | None]]:
+        """(run, stage index, launch, opened at) of every fan-out stage of a running run
+        that has sent its members and waits on them."""
+        q = (select(steps.c.run_id, steps.c.idx, runs.c.launch, steps.c.started_at)
+             .join(runs, runs.c.id == steps.c.run_id)
+             .where(runs.c.state == RUNNING, steps.c.member.is_(False),
+                    steps.c.node == "", steps.c.state == RUNNING, steps.c.worker.is_(None)))
+        with self.engine.connect() as conn:
+            return [tuple(r) for r in conn.execute(q).all()]  # type: ignore[misc]
 
     def stuck_steps(self, node: str | None = None) -> list[StepRow]:
         """Steps recorded as running or queued in runs that are still running."""

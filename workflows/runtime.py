@@ -44,6 +44,9 @@ def on_worker_start(domain: Domain, node: str | None) -> None:
     eng = engine_mod.engine()
     for line in eng.reap_lost_steps(node=node or "", alive={worker_id()}):
         log.warning("%s", line)
+    if not node:  # the control worker that held a stage's deadline may have died with it
+        for line in eng.watch_open_stages():
+            log.info("%s", line)
     if node:
         try:
             driver_for(domain, node).prepare()

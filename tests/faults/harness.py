@@ -21,7 +21,10 @@ from cosfail.launcher.local import pid_alive
 from cosfail.workers.steps import is_verified
 from cosfail.workflows import ledger as L
 from cosfail.workflows.liveness import alive_workers
-from sqlalchemy import delete, update
+from sqlalchemy import delete, insert, select, update
+
+# What a reset puts back as it was: every record of runs and what they did.
+LEDGER_TABLES = (L.steps, L.runs, L.locks, L.snapshots, L.hosting)
 
 
 @dataclass(frozen=True)
@@ -52,6 +55,11 @@ class FaultHarness:
         for node in self.running:
             self.c.driver(node).start()
         self.initial = authority.read(self.c.ledger.engine, self.c.domain.control.name)
+        # The ledger's record as it stands: a failback's plan reads the hosting history
+        # and the runs that made it.
+        with self.c.ledger.engine.connect() as conn:
+            self.records = {table: [dict(r) for r in conn.execute(select(table)).mappings()]
+                            for table in LEDGER_TABLES}
 
     def reset(self) -> None:
         """Every node home and the ledger as they were when the harness was made."""
@@ -64,8 +72,11 @@ class FaultHarness:
             shutil.rmtree(home / "var", ignore_errors=True)
             shutil.copytree(self.pristine / node, home, dirs_exist_ok=True, symlinks=True)
         with self.c.ledger.tx() as conn:
-            for table in (L.steps, L.runs, L.locks, L.snapshots, L.hosting):
+            for table in LEDGER_TABLES:  # steps before the runs they belong to
                 conn.execute(delete(table))
+            for table in reversed(LEDGER_TABLES):
+                if self.records[table]:
+                    conn.execute(insert(table), self.records[table])
             conn.execute(update(authority.domain_state).values(
                 master=self.initial.master, epoch=self.initial.epoch))
         for node in self.running:
@@ -117,10 +128,16 @@ class FaultHarness:
         self.c.restart_worker(kp.node or None)
         while self.c.ledger.run(run_id)["state"] == L.RUNNING:
             assert time.time() < deadline, f"{kp}: the lost step was never reaped"
+            # as `cosfail run --wait` does: a message the dead worker's connection took
+            # with it leaves its step queued past expiry
+            self.c.engine.reap_lost_steps(run_id)
             time.sleep(0.05)
-        # In-process, as `cosfail resume` does (its CLI is tested on its own).
+        # In-process, as `cosfail resume` does (its CLI is tested on its own). A run can
+        # also end by itself: a fan-out whose control step was killed after sending its
+        # members is settled by them.
         self.c.engine.reap_lost_steps(run_id, alive=alive_workers())
-        self.c.engine.resume(run_id)
+        if self.c.ledger.run(run_id)["state"] == L.FAILED:
+            self.c.engine.resume(run_id)
         run = self.c.wait(run_id, timeout)
         assert run["state"] == L.SUCCEEDED, f"{kp}: resumed run {run['state']}: {run['error']}"
         if kp.node:

@@ -21,26 +21,32 @@ from cosfail.workflows.failover import FAILOVER
 from cosfail.workflows.plan import FailoverRequest, MoveRequest
 from cosfail.workflows.reclaim import RECLAIM
 from cosfail.workflows.restart_check import RESTART_CHECK, CheckRequest
+from cosfail.workflows.switchover import FAILBACK, SWITCHOVER
 from faults.harness import FaultHarness, KillPoint
 
 WHO = "fault-suite"
-DATA_STEPS = {"export_tables", "ship_snapshot", "verify_snapshot", "restore_snapshot",
+DATA_STEPS = frozenset({"export_tables", "ship_snapshot", "verify_snapshot", "restore_snapshot",
               "rehost_objects", "publish_tables", "refresh_tables", "repoint_and_start",
-              "set_aside_data", "resend_set_aside_jobs"}
+              "set_aside_data", "resend_set_aside_jobs"})
+# Switchover and failback run the failover's step code, whose data steps the failover
+# matrix kills at both points: their own matrices kill each step once.
+ONCE_EACH: frozenset[str] = frozenset()
 
 
-def kill_points(c, run_id: str) -> list[KillPoint]:  # type: ignore[no-untyped-def]
+def kill_points(c, run_id: str, both: frozenset[str]) -> list[KillPoint]:  # type: ignore[no-untyped-def]
     full = os.environ.get("COSFAIL_FAULTS") == "full"
     points = []
     for i, s in enumerate(c.ledger.steps(run_id)):
-        timings = ("before", "after") if full or s.name in DATA_STEPS else \
+        timings = ("before", "after") if full or s.name in both else \
             (("before", "after")[i % 2],)
         points += [KillPoint(s.name, s.node, t) for t in timings]
     return points
 
 
-def survive_every_kill(c, h: FaultHarness, trigger: Callable[[], str]) -> list[str]:  # type: ignore[no-untyped-def]
-    """Run the matrix; returns one line per kill point, failures marked."""
+def survive_every_kill(c, h: FaultHarness, trigger: Callable[[], str],  # type: ignore[no-untyped-def]
+                       both: frozenset[str] = DATA_STEPS) -> list[str]:
+    """Run the matrix, killing the steps `both` names at both points; returns one line
+    per kill point, failures marked."""
     h.reset()
     baseline_run = trigger()
     baseline = c.wait(baseline_run)
@@ -48,7 +54,7 @@ def survive_every_kill(c, h: FaultHarness, trigger: Callable[[], str]) -> list[s
     workflow = baseline["workflow"]  # read now: every reset rolls the ledger back
     expected = h.fingerprint()
     report, failures = [], []
-    for kp in kill_points(c, baseline_run):
+    for kp in kill_points(c, baseline_run, both):
         h.reset()
         run_id = h.run_with_kill(trigger, kp)
         got = h.fingerprint()
@@ -107,6 +113,35 @@ def test_reclaim_survives_a_kill_at_every_step(fault_cluster):
     report = survive_every_kill(
         c, h, lambda: trigger.run(c.engine, RECLAIM, MoveRequest("srv1"), WHO).run_id)
     assert len(report) >= 8
+
+
+@pytest.mark.timeout(1500)
+def test_switchover_survives_a_kill_at_every_step(fault_cluster):
+    c, fp = fault_cluster(servers=1, bcs=1, clients=1, objects=3000, up=False)
+    # srv1 hands over alive: a restarted srv1 worker must not be reclaimed on its own.
+    c.amend_domain(control={"auto_reclaim": False})
+    c.up()
+    c.backup()
+    h = FaultHarness(c, fp)
+    report = survive_every_kill(
+        c, h, lambda: trigger.run(c.engine, SWITCHOVER, MoveRequest("srv1", "bcs1"), WHO).run_id,
+        ONCE_EACH)
+    assert len(report) >= 10
+
+
+@pytest.mark.timeout(1500)
+def test_failback_survives_a_kill_at_every_step(fault_cluster):
+    c, fp = fault_cluster(servers=1, bcs=1, clients=1, objects=3000)
+    c.backup()
+    req = FailoverRequest(server="srv1", to="bcs1", force=True)
+    assert c.wait(trigger.run(c.engine, FAILOVER, req, "setup").run_id)["state"] == L.SUCCEEDED
+    reclaimed = trigger.run(c.engine, RECLAIM, MoveRequest("srv1"), "setup").run_id
+    assert c.wait(reclaimed)["state"] == L.SUCCEEDED
+    h = FaultHarness(c, fp)  # its pristine state: bcs1 hosts srv1, srv1 a slave
+    report = survive_every_kill(
+        c, h, lambda: trigger.run(c.engine, FAILBACK, MoveRequest("srv1"), WHO).run_id,
+        ONCE_EACH)
+    assert len(report) >= 10
 
 
 @pytest.mark.timeout(900)
