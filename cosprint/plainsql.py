@@ -101,13 +101,6 @@ class Database:
 
 
 def _engine(url: str, timeout: float) -> Any:
-    from sqlalchemy import create_engine
-    from sqlalchemy.engine import make_url
-    from sqlalchemy.pool import NullPool
+    from cosfail.cosprint.database import open_engine  # SQLAlchemy: only off an SQLite file
 
-    backend = make_url(url).get_backend_name()
-    if backend == "sqlite":
-        return create_engine(url, poolclass=NullPool, connect_args={"timeout": timeout})
-    if backend.startswith("postgresql"):
-        return create_engine(url, pool_pre_ping=True, connect_args={"connect_timeout": 2})
-    return create_engine(url, pool_pre_ping=True)
+    return open_engine(url, pooled=False, busy_timeout=timeout, connect_timeout=2)

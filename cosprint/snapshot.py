@@ -25,9 +25,10 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 from cosfail.cosprint import tables
+from cosfail.cosprint.database import open_engine
 from cosfail.cosprint.errors import SnapshotError
 from cosfail.cosprint.fsutil import TMP_SUFFIX, atomic_copy, atomic_write_bytes, fsync_dir
-from sqlalchemy import create_engine, delete, insert, make_url, select
+from sqlalchemy import delete, insert, make_url, select
 from sqlalchemy.engine import Connection
 
 FORMAT = 1
@@ -239,7 +240,7 @@ def import_snapshot(
         # Copy under a temporary name, fsync, rename: the old tables stay whole until then.
         atomic_copy(snapshot, target)
         return manifest
-    src_engine = create_engine(f"sqlite:///{snapshot}")
+    src_engine = open_engine(f"sqlite:///{snapshot}")
     dst_engine = tables.open_tables(tables_url)
     try:
         with src_engine.connect() as src, dst_engine.begin() as dst:

@@ -12,6 +12,7 @@ import hashlib
 from collections.abc import Iterator
 from contextlib import contextmanager
 
+from cosfail.cosprint.database import open_engine
 from sqlalchemy import (
     Column,
     Connection,
@@ -21,8 +22,6 @@ from sqlalchemy import (
     MetaData,
     String,
     Table,
-    create_engine,
-    event,
     func,
     select,
     update,
@@ -107,18 +106,9 @@ OBJECT_TABLES: tuple[Table, ...] = (
 )
 
 
-def _sqlite_pragmas(dbapi_conn, _record) -> None:  # type: ignore[no-untyped-def]
-    cur = dbapi_conn.cursor()
-    cur.execute("PRAGMA foreign_keys=ON")
-    cur.execute("PRAGMA busy_timeout=10000")
-    cur.close()
-
-
 def open_tables(url: str) -> Engine:
     """An engine on a node's tables, creating the schema if it is not there."""
-    engine = create_engine(url)
-    if engine.dialect.name == "sqlite":
-        event.listen(engine, "connect", _sqlite_pragmas)
+    engine = open_engine(url, pragmas=("foreign_keys=ON", "busy_timeout=10000"))
     metadata.create_all(engine)
     return engine
 

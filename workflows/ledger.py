@@ -17,6 +17,7 @@ from functools import cache
 from typing import Any
 
 from cosfail.cosprint import authority
+from cosfail.cosprint.database import open_engine
 from cosfail.cosprint.errors import CosfailError
 
 # The schema is declared in workflows.schema; ledger users know it as ledger.<name>.
@@ -53,12 +54,9 @@ from sqlalchemy import (
     and_,
     bindparam,
     case,
-    create_engine,
-    event,
     exists,
     func,
     insert,
-    make_url,
     or_,
     select,
     update,
@@ -82,24 +80,11 @@ class LockHeld(CosfailError):
         self.lock, self.holder = lock, holder
 
 
-def _pragmas(dbapi_conn, _record) -> None:  # type: ignore[no-untyped-def]
-    cur = dbapi_conn.cursor()
-    # WAL lets the API read while workers write; busy_timeout rides out short locks.
-    cur.execute("PRAGMA journal_mode=WAL")
-    cur.execute("PRAGMA synchronous=NORMAL")
-    cur.execute("PRAGMA busy_timeout=15000")
-    cur.close()
-
-
 @cache
 def engine_for(url: str) -> Engine:
-    # A server's connection can die while pooled (PostgreSQL restarted): ping it on
-    # checkout. A SQLite connection is a file handle: a ping would only cost a statement.
-    sqlite = make_url(url).get_backend_name() == "sqlite"
-    engine = create_engine(url, pool_pre_ping=not sqlite)
-    if sqlite:
-        event.listen(engine, "connect", _pragmas)
-    return engine
+    # WAL lets the API read while workers write; busy_timeout rides out short locks.
+    return open_engine(url, pragmas=("journal_mode=WAL", "synchronous=NORMAL",
+                                     "busy_timeout=15000"))
 
 
 # The journal's statements, built once. Building and cache-keying a Core statement costs

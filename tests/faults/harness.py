@@ -82,6 +82,11 @@ class FaultHarness:
         for node in self.running:
             self.c.driver(node).start()
 
+    def new_runs(self, workflow: str) -> list[dict[str, Any]]:
+        """The runs of `workflow` since the last reset, newest first."""
+        kept = {r["id"] for r in self.records[L.runs]}
+        return [r for r in self.c.ledger.runs(limit=50, workflow=workflow) if r["id"] not in kept]
+
     def fingerprint(self) -> dict[str, Any]:
         """Everything a fault must not change: tables, designations, roles, catalog."""
         out: dict[str, Any] = {

@@ -57,7 +57,7 @@ def assert_like_baseline(c, h: FaultHarness, expected: dict, workflow: str) -> N
             for k in expected["fingerprint"] if expected["fingerprint"][k] != got.get(k)}
     assert not diff, diff
     assert c.hosted("bcs1") == expected["hosted"]
-    assert [r["state"] for r in c.ledger.runs(limit=50, workflow=workflow)] == [L.SUCCEEDED]
+    assert [r["state"] for r in h.new_runs(workflow)] == [L.SUCCEEDED]
     auth = c.authority()
     assert (auth.master, auth.epoch) == ("bcs1", 2)
     # Every node but the fenced srv1 (left as it was, as in an undisturbed failover)
@@ -171,4 +171,4 @@ def test_the_trigger_killed_right_after_acceptance(fault_cluster):
     for node in c.domain.names():
         assert after[node]["rows"] == before[node]["rows"]
     assert after["bcs1"]["verified_snapshots"] == before["bcs1"]["verified_snapshots"] + 1
-    assert [r["state"] for r in c.ledger.runs(limit=50, workflow="backup")] == [L.SUCCEEDED]
+    assert [r["state"] for r in h.new_runs("backup")] == [L.SUCCEEDED]

@@ -76,6 +76,20 @@ def survive_every_kill(c, h: FaultHarness, trigger: Callable[[], str],  # type: 
     return report
 
 
+def setup(c, workflow, request) -> dict:  # type: ignore[no-untyped-def]
+    """A run that sets a matrix up, waited on."""
+    return c.wait(trigger.run(c.engine, workflow, request, "setup").run_id)
+
+
+def srv1_on_bcs1(fault_cluster):  # type: ignore[no-untyped-def]
+    """A domain whose srv1 has been failed over (alive, forced) to bcs1."""
+    c, fp = fault_cluster(servers=1, bcs=1, clients=1, objects=3000)
+    c.backup()
+    req = FailoverRequest(server="srv1", to="bcs1", force=True)
+    assert setup(c, FAILOVER, req)["state"] == L.SUCCEEDED
+    return c, fp
+
+
 @pytest.mark.timeout(1500)
 def test_failover_survives_a_kill_at_every_step(fault_cluster):
     c, fp = fault_cluster(servers=1, bcs=1, clients=1, objects=3000, up=False)
@@ -105,10 +119,7 @@ def test_backup_survives_a_kill_at_every_step(fault_cluster):
 
 @pytest.mark.timeout(1500)
 def test_reclaim_survives_a_kill_at_every_step(fault_cluster):
-    c, fp = fault_cluster(servers=1, bcs=1, clients=1, objects=3000)
-    c.backup()
-    req = FailoverRequest(server="srv1", to="bcs1", force=True)
-    assert c.wait(trigger.run(c.engine, FAILOVER, req, "setup").run_id)["state"] == L.SUCCEEDED
+    c, fp = srv1_on_bcs1(fault_cluster)
     h = FaultHarness(c, fp)
     report = survive_every_kill(
         c, h, lambda: trigger.run(c.engine, RECLAIM, MoveRequest("srv1"), WHO).run_id)
@@ -131,12 +142,8 @@ def test_switchover_survives_a_kill_at_every_step(fault_cluster):
 
 @pytest.mark.timeout(1500)
 def test_failback_survives_a_kill_at_every_step(fault_cluster):
-    c, fp = fault_cluster(servers=1, bcs=1, clients=1, objects=3000)
-    c.backup()
-    req = FailoverRequest(server="srv1", to="bcs1", force=True)
-    assert c.wait(trigger.run(c.engine, FAILOVER, req, "setup").run_id)["state"] == L.SUCCEEDED
-    reclaimed = trigger.run(c.engine, RECLAIM, MoveRequest("srv1"), "setup").run_id
-    assert c.wait(reclaimed)["state"] == L.SUCCEEDED
+    c, fp = srv1_on_bcs1(fault_cluster)
+    assert setup(c, RECLAIM, MoveRequest("srv1"))["state"] == L.SUCCEEDED
     h = FaultHarness(c, fp)  # its pristine state: bcs1 hosts srv1, srv1 a slave
     report = survive_every_kill(
         c, h, lambda: trigger.run(c.engine, FAILBACK, MoveRequest("srv1"), WHO).run_id,
@@ -157,7 +164,7 @@ def test_restart_check_survives_a_kill_at_every_step(fault_cluster):
     c.local.kill("cl1")
     c.local.kill("srv1")
     req = FailoverRequest(server="srv1", to="bcs1")
-    assert c.wait(trigger.run(c.engine, FAILOVER, req, "setup").run_id)["state"] == L.SUCCEEDED
+    assert setup(c, FAILOVER, req)["state"] == L.SUCCEEDED
     h = FaultHarness(c, fp)  # its pristine state: cl1 stale, its COSprint down
     # cl1's worker back, whose own start-up check re-points it; each reset puts the
     # stale home back under the running worker.

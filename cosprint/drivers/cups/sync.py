@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import Any
 
 from cosfail.cosprint import authority, tables
+from cosfail.cosprint.database import open_engine
 from cosfail.cosprint.designation import Designation
 from cosfail.cosprint.drivers import ipp
 from cosfail.cosprint.drivers.cups.conf import (
@@ -32,9 +33,7 @@ from cosfail.cosprint.drivers.cups.tablemap import capture_into_tables, desired_
 from cosfail.cosprint.errors import CosfailError, DriverError
 from cosfail.cosprint.fsutil import atomic_write_bytes
 from cosfail.cosprint.role import PRINTING_ROLES, decide_role
-from sqlalchemy import create_engine
 from sqlalchemy.engine import Engine, make_url
-from sqlalchemy.pool import NullPool
 
 REASON_PREFIX = "cosfail:"
 CUPS_PRINTER_CLASS = 0x0001
@@ -44,9 +43,7 @@ STATE_STOPPED = 5
 
 @cache
 def _ledger_engine(url: str) -> Engine:
-    if make_url(url).get_backend_name() == "sqlite":
-        return create_engine(url, poolclass=NullPool)
-    return create_engine(url, pool_pre_ping=True)
+    return open_engine(url, pooled=False)
 
 
 class CupsConfig(Cupsd):
