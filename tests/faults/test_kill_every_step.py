@@ -90,15 +90,20 @@ def srv1_on_bcs1(fault_cluster):  # type: ignore[no-untyped-def]
     return c, fp
 
 
-@pytest.mark.timeout(1500)
-def test_failover_survives_a_kill_at_every_step(fault_cluster):
+def srv1_to_leave_alive(fault_cluster):  # type: ignore[no-untyped-def]
+    """A backed-up domain and its harness, for a move away from a live srv1 (a forced
+    failover, a switchover): were srv1's worker killed and restarted, auto reclaim would
+    rightly make srv1 a slave, which no undisturbed move does."""
     c, fp = fault_cluster(servers=1, bcs=1, clients=1, objects=3000, up=False)
-    # srv1 is failed over alive (--force): were its worker killed and restarted, auto
-    # reclaim would rightly make it a slave, which no undisturbed failover does.
     c.amend_domain(control={"auto_reclaim": False})
     c.up()
     c.backup()
-    h = FaultHarness(c, fp)
+    return c, FaultHarness(c, fp)
+
+
+@pytest.mark.timeout(1500)
+def test_failover_survives_a_kill_at_every_step(fault_cluster):
+    c, h = srv1_to_leave_alive(fault_cluster)
 
     def fail_over() -> str:
         req = FailoverRequest(server="srv1", to="bcs1", force=True)
@@ -128,12 +133,7 @@ def test_reclaim_survives_a_kill_at_every_step(fault_cluster):
 
 @pytest.mark.timeout(1500)
 def test_switchover_survives_a_kill_at_every_step(fault_cluster):
-    c, fp = fault_cluster(servers=1, bcs=1, clients=1, objects=3000, up=False)
-    # srv1 hands over alive: a restarted srv1 worker must not be reclaimed on its own.
-    c.amend_domain(control={"auto_reclaim": False})
-    c.up()
-    c.backup()
-    h = FaultHarness(c, fp)
+    c, h = srv1_to_leave_alive(fault_cluster)
     report = survive_every_kill(
         c, h, lambda: trigger.run(c.engine, SWITCHOVER, MoveRequest("srv1", "bcs1"), WHO).run_id,
         ONCE_EACH)
