@@ -267,7 +267,7 @@ class Engine:
             self.ledger.update_step(env.run_id, env.index, env.node, conn=conn,
                                     state=L.FAILED if final else L.RETRYING, error=error,
                                     finished_at=time.time() if final else None)
-            if final and not env.member:
+            if final:
                 self.ledger.set_run_state(
                     env.run_id, L.FAILED, conn=conn,
                     error=f"step {env.index} {env.name} on {env.where}: {error}")
@@ -282,7 +282,8 @@ class Engine:
         return the stage to send next. The caller holds the stage's lock (`_lock_stage`):
         of members finishing at once, exactly one closes it."""
         led = self.ledger
-        head = conn.execute(select(L.steps.c.state).where(_head_key(run_id, idx))).scalar()
+        where = _head_key(run_id, idx)
+        head = conn.execute(select(L.steps.c.state).where(where)).scalar()
         if head not in (L.RUNNING, L.FAILED):  # not open yet, or closed already
             return None
         members = {r.node: (r.state, r.name, r.error) for r in conn.execute(
@@ -294,7 +295,6 @@ class Engine:
             return None
         ok, text = verdict
         now = time.time()
-        where = _head_key(run_id, idx)
         if not ok:
             if head == L.RUNNING:
                 conn.execute(update(L.steps).where(where).values(
@@ -390,8 +390,8 @@ class Engine:
         """Set a deadline for every open fan-out stage again (a control worker's start:
         the one that held a deadline may have died with it)."""
         rows = self.ledger.open_stages()
-        for run_id, idx, launch, queued_at in rows:
-            self.watch_later(StageWatch(run_id, idx, launch, opened_at=queued_at or 0.0), 0)
+        for run_id, idx, launch, opened_at in rows:
+            self.watch_later(StageWatch(run_id, idx, launch, opened_at=opened_at or 0.0), 0)
         return [f"run {r} stage {i}: watched again" for r, i, _, _ in rows]
 
 
@@ -416,15 +416,13 @@ def _head_key(run_id: str, idx: int):  # type: ignore[no-untyped-def]
 # A write on the stage's own row before anything else in the transaction: PostgreSQL
 # then holds that row's lock, SQLite its one writer's, so the members of one stage settle
 # one at a time, each seeing the others' outcomes, and exactly one closes it.
-_LOCK_STAGE = update(L.steps).where(
-    L.steps.c.run_id == bindparam("k_run"), L.steps.c.idx == bindparam("k_idx"),
-    L.steps.c.member.is_(False)).values(idx=L.steps.c.idx)
+_HEAD = and_(L.steps.c.run_id == bindparam("k_run"), L.steps.c.idx == bindparam("k_idx"),
+             L.steps.c.member.is_(False))
+_LOCK_STAGE = update(L.steps).where(_HEAD).values(idx=L.steps.c.idx)
 # The fan-out has sent its members and set its deadline: its row waits for them, held by
 # no worker (the control worker's death must not count it lost), unless they have closed
 # it already.
-_OPEN_STAGE = update(L.steps).where(
-    L.steps.c.run_id == bindparam("k_run"), L.steps.c.idx == bindparam("k_idx"),
-    L.steps.c.member.is_(False), L.steps.c.state == L.RUNNING).values(
+_OPEN_STAGE = update(L.steps).where(_HEAD, L.steps.c.state == L.RUNNING).values(
     worker=None, outcome=bindparam("v_outcome"))
 
 
