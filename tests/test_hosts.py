@@ -14,11 +14,12 @@ import time
 from pathlib import Path
 
 import pytest
-from conftest import Cluster, run_cli
 from cosfail.cosprint.domain import load_domain
 from cosfail.launcher import hosts
 from cosfail.launcher.demo_domain import init_demo
 from cosfail.launcher.local import LocalDomain
+
+from tests.conftest import Cluster, run_cli
 
 pytestmark = pytest.mark.skipif(os.geteuid() != 0, reason="network namespaces need root")
 

@@ -12,7 +12,6 @@ import pytest
 from alembic.autogenerate import compare_metadata
 from alembic.migration import MigrationContext
 from alembic.script import ScriptDirectory
-from conftest import run_cli
 from cosfail.cosprint import authority
 from cosfail.cosprint.domain import load_domain
 from cosfail.launcher.demo_domain import init_demo
@@ -20,6 +19,8 @@ from cosfail.workflows import ledger as L
 from cosfail.workflows import migrate
 from cosfail.workflows.schema import metadata
 from sqlalchemy import MetaData
+
+from tests.conftest import run_cli
 
 DATA = Path(__file__).parent / "data"
 SCHEMA_1 = DATA / "ledger-schema1.sqlite"
