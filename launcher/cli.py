@@ -58,6 +58,8 @@ def init_demo(
 def demo(
     directory: Annotated[Path | None, typer.Option(help="where to create the domain")] = None,
     objects: int = 10_000, as_json: JsonOpt = False,
+    hosts: Annotated[bool, typer.Option(
+        "--hosts", help="every node its own host, the ledger on PostgreSQL (root only)")] = False,
 ) -> None:
     """The one-command demonstration: a domain saved from losing its master."""
     from cosfail.api import view
@@ -72,7 +74,7 @@ def demo(
         return view.follow(eng, run_id, console)
 
     try:
-        summary = run_demo(say, show, directory, objects)
+        summary = run_demo(say, show, directory, objects, hosts)
     except RuntimeError as exc:
         err.print(f"[bold red]demo failed:[/] {exc}")
         raise typer.Exit(EXIT_FAILED) from None

@@ -318,7 +318,8 @@ class LocalDomain:
             self.start_beat()
             self.start_api()
             self.start_flower()
-        self.wait_workers([None, *nodes])
+        # every worker imports Celery at once, on as few as 2 cores
+        self.wait_workers([None, *nodes], timeout=30 + 3 * len(nodes))
         if self.lab is not None:
             self.wait_cosprints(nodes)
         if with_services:  # once every worker answers: none starts out "suspect"

@@ -16,9 +16,10 @@ import signal
 import socket
 import subprocess
 import sys
+import tempfile
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from itertools import count
 from pathlib import Path
 
@@ -53,12 +54,19 @@ def redis_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RedisServ
 
 
 @pytest.fixture(scope="session")
-def postgres_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalPostgres]:
-    """The tests' own PostgreSQL cluster (initdb + pg_ctl as the postgres user)."""
-    server = LocalPostgres(tmp_path_factory.mktemp("postgres"), free_port())
-    server.start()
-    yield server
-    server.stop()
+def postgres_server() -> Iterator[LocalPostgres]:
+    """The tests' own PostgreSQL cluster (initdb + pg_ctl as the postgres user).
+
+    Outside pytest's temporary tree: any other pytest run on the machine makes
+    /tmp/pytest-of-USER 0700 again, and the server, another user, loses its data dir."""
+    workdir = Path(tempfile.mkdtemp(prefix="cosfail-tests-postgres-"))
+    server = LocalPostgres(workdir, free_port())
+    try:
+        server.start()
+        yield server
+    finally:
+        server.stop(check=False)
+        shutil.rmtree(workdir, ignore_errors=True)
 
 
 _databases = count(1)
@@ -275,9 +283,10 @@ def watch_masters() -> type[MasterWatcher]:
 
 
 def run_cli(*args: str, check: bool = False, env: dict[str, str] | None = None,
-            timeout: float = 300) -> subprocess.CompletedProcess[str]:
+            timeout: float = 300, on: Sequence[str] = ()) -> subprocess.CompletedProcess[str]:
+    """`cosfail ARGS`; `on` prefixes the command (a lab's `ip netns exec NS`)."""
     return subprocess.run(  # noqa: S603
-        [sys.executable, "-m", "cosfail.launcher.cli", *args], capture_output=True, text=True,
+        [*on, sys.executable, "-m", "cosfail.launcher.cli", *args], capture_output=True, text=True,
         check=check, timeout=timeout, cwd=REPO, env={**os.environ, **(env or {})})
 
 

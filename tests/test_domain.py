@@ -280,3 +280,14 @@ def test_cosfail_domain_environment_variable_names_the_default_file(
     path = write(tmp_path, render(BASE))
     monkeypatch.setenv("COSFAIL_DOMAIN", str(path))
     assert load_domain().path == path
+
+
+def test_the_site_domain_of_the_deployment_guide_loads_with_every_node_on_its_own_host(
+        tmp_path: Path):
+    guide = (Path(__file__).parent.parent / "docs" / "deploy.md").read_text()
+    [block] = [b.split("\n", 1)[1] for b in guide.split("```")[1::2] if b.startswith("toml")]
+    (tmp_path / "domain.toml").write_text(block)
+    d = load_domain(tmp_path / "domain.toml")
+    assert d.ledger_url.startswith("postgresql+psycopg://")
+    assert len({d.address(n) for n in d.names()}) == len(d.names()) == 3
+    assert {n for n in d.names() if d.node(n).ssh} == {"srv1", "bcs1"}

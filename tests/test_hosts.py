@@ -15,10 +15,12 @@ from pathlib import Path
 
 import pytest
 from conftest import Cluster, run_cli
+from cosfail.cosprint import tables
 from cosfail.cosprint.domain import load_domain
 from cosfail.launcher import hosts
 from cosfail.launcher.demo_domain import init_demo
 from cosfail.launcher.local import LocalDomain
+from sqlalchemy import select
 
 pytestmark = pytest.mark.skipif(os.geteuid() != 0, reason="network namespaces need root")
 
@@ -131,6 +133,50 @@ def test_a_domain_of_hosts_runs_the_whole_story_on_postgresql_over_sftp_through_
     assert json.loads(back.stdout)["state"] == "succeeded", back.stderr
     assert c.authority().master == "srv1"
     assert c.hosted("cl3") == {"srv1": 1000}
+
+
+def test_a_server_cut_from_the_control_host_is_reported_down_and_failed_over_across_the_cut(
+        host_cluster):
+    """What cosfail does today when srv1 and the control host lose each other, seen from
+    the control host: srv1, still running, stops printing (it cannot verify its authority),
+    is reported down, and a failover to bcs1 completes without fencing it. After the
+    heal srv1 knows it is stale and refuses the jobs it used to host."""
+    c = host_cluster
+    domain, lab = c.domain, c.local.lab
+    on_control = lab.netns_exec(hosts.CONTROL)
+    c.settle()
+    c.backup()
+    with tables.connect(domain.tables_url("srv1")) as conn:
+        queue = conn.execute(select(tables.queues.c.name).where(
+            tables.queues.c.host == "srv1").limit(1)).scalar_one()
+    srv1 = c.driver("srv1")
+    assert srv1.submit(queue, "page", "before-cut")[0] == 202
+
+    hosts.cut(lab, "srv1", hosts.CONTROL, both=True)
+    try:
+        code, answer = srv1.submit(queue, "page", "during-cut")
+        assert code == 503 and "cannot verify" in answer["error"], (code, answer)
+        seen = run_cli("status", "--json", "-d", str(domain.path), on=on_control)
+        [row] = [n for n in json.loads(seen.stdout)["nodes"] if n["name"] == "srv1"]
+        assert (row["worker"], row["cosprint"]) == ("down", "down"), row
+
+        done = run_cli("failover", "srv1", "--to", "bcs1", "--yes", "--wait", "--json",
+                       "-d", str(domain.path), on=on_control)
+        failover = json.loads(done.stdout)
+        assert failover["state"] == "succeeded", done.stderr
+        fence = next(s for s in failover["steps"] if s["name"] == "fence_server")
+        assert fence["outcome"].startswith("srv1 not fenced"), fence
+        assert lab.host("srv1").address in fence["outcome"], fence
+        assert c.authority().master == "bcs1"
+        assert c.driver("bcs1").submit(queue, "page", "after-failover")[0] == 202
+    finally:
+        hosts.heal(lab, "srv1", hosts.CONTROL, both=True)
+    deadline = time.time() + 30
+    while (code_answer := srv1.submit(queue, "page", "after-heal"))[0] == 503 \
+            and "cannot verify" in code_answer[1].get("error", ""):
+        assert time.time() < deadline, code_answer
+        time.sleep(0.2)
+    assert code_answer[1].get("printed_by") != "srv1", code_answer
 
 
 def test_local_down_after_the_supervisor_was_killed_leaves_nothing(tmp_path):
