@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: demo test soak lint bench clean
+.PHONY: demo test lint bench clean
 
 $(STAMP): pyproject.toml
 	$(PY) -m venv $(VENV)
@@ -18,11 +18,7 @@ demo: $(STAMP)
 
 test: $(STAMP)
 	$(BIN)/ruff check .
-	$(BIN)/pytest -m "not soak"
-
-# The long campaigns (tests marked soak), outside CI's 30 minutes.
-soak: $(STAMP)
-	$(BIN)/pytest -m soak
+	$(BIN)/pytest
 
 # Every measure of the speed issue: tables, bench/results/*.json and rto.png
 # (`make bench BENCH_ARGS=--quick` for a smoke run). matplotlib draws the plot.
