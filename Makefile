@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: demo test lint bench clean
+.PHONY: demo test soak lint bench clean
 
 $(STAMP): pyproject.toml
 	$(PY) -m venv $(VENV)
@@ -18,7 +18,11 @@ demo: $(STAMP)
 
 test: $(STAMP)
 	$(BIN)/ruff check .
-	$(BIN)/pytest
+	$(BIN)/pytest -m "not soak" --durations=25
+
+# The long campaigns (tests marked soak), outside CI's 30 minutes.
+soak: $(STAMP)
+	$(BIN)/pytest -m soak
 
 # Every measure of the speed issue: tables, bench/results/*.json and rto.png
 # (`make bench BENCH_ARGS=--quick` for a smoke run). matplotlib draws the plot.

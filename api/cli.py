@@ -398,3 +398,22 @@ def health(
             f"{label}: {'healthy' if healthy else 'unhealthy'} ({detail})",
             markup=False, highlight=False, soft_wrap=True)
     raise typer.Exit(0 if healthy else EXIT_FAILED)
+
+
+db_app = typer.Typer(no_args_is_help=True, help="The ledger's schema.")
+app.add_typer(db_app, name="db")
+
+
+@db_app.command("upgrade")
+@guarded
+def db_upgrade(domain: DomainOpt = None) -> None:
+    """Bring the ledger's schema up to this cosfail's (Alembic; safe to run again).
+    Run it after upgrading cosfail, before starting the new release's processes."""
+    from cosfail.workflows.migrate import upgrade_ledger
+
+    before, after = upgrade_ledger(_domain(domain).ledger_url)
+    if before == after:
+        out.print(f"ledger already at revision {after}", markup=False, highlight=False)
+    else:
+        out.print(f"ledger upgraded from revision {before or '(empty)'} to {after}",
+                  markup=False, highlight=False)

@@ -17,6 +17,8 @@ from typing import Any
 from sqlalchemy import Engine, create_engine, event, make_url
 from sqlalchemy.pool import NullPool
 
+SERVER_TIMEOUT = 10  # seconds to connect to, or to get an answer's TCP ack from, a server
+
 
 def open_engine(url: str, *, pragmas: Sequence[str] = (), pooled: bool = True,
                 busy_timeout: float | None = None,
@@ -24,7 +26,8 @@ def open_engine(url: str, *, pragmas: Sequence[str] = (), pooled: bool = True,
     """An engine on `url`. SQLite: `pragmas` (`"busy_timeout=10000"`, ...) on every
     connection, `pooled=False` for a connection per use, `busy_timeout` for sqlite3's
     own wait on a locked file. A server: pinged on checkout, `connect_timeout` seconds
-    at most to connect (PostgreSQL)."""
+    (SERVER_TIMEOUT by default) at most to connect or to have a request acknowledged
+    (PostgreSQL)."""
     backend = make_url(url).get_backend_name()
     if backend == "sqlite":
         kw: dict[str, Any] = {} if pooled else {"poolclass": NullPool}
@@ -34,8 +37,12 @@ def open_engine(url: str, *, pragmas: Sequence[str] = (), pooled: bool = True,
         if pragmas:
             event.listen(engine, "connect", partial(_run_pragmas, tuple(pragmas)))
         return engine
-    args = ({"connect_timeout": connect_timeout}
-            if connect_timeout is not None and backend.startswith("postgresql") else {})
+    args: dict[str, Any] = {}
+    if backend.startswith("postgresql"):
+        # A cut link loses packets without an error: without tcp_user_timeout a query on
+        # a pooled connection waits out the kernel's retransmissions (about 15 minutes).
+        limit = connect_timeout or SERVER_TIMEOUT
+        args = {"connect_timeout": limit, "tcp_user_timeout": limit * 1000}
     return create_engine(url, pool_pre_ping=True, connect_args=args)
 
 

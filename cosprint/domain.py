@@ -56,7 +56,7 @@ class Hooks(_Strict):
 class Control(_Strict):
     name: str = "cosprint"
     broker: str = "redis://127.0.0.1:6379/0"
-    ledger: str = "sqlite:///ledger.db"
+    ledger: str | None = None  # where domain files before `[ledger] url` named it
     api: str = "127.0.0.1:8700"
     token_file: str = "secrets/api.token"
     flower: str = "127.0.0.1:5555"
@@ -71,6 +71,13 @@ class Control(_Strict):
     @classmethod
     def _safe_name(cls, v: str) -> str:
         return _check_name(v)
+
+
+class LedgerSettings(_Strict):
+    """`[ledger]`: the database of runs, steps and the domain's authority (master,
+    epoch): a SQLite file on the control host, or PostgreSQL (`postgresql+psycopg://`)."""
+
+    url: str = "sqlite:///ledger.db"
 
 
 class Detect(_Strict):
@@ -112,6 +119,7 @@ class Coverage(_Strict):
 
 class DomainFile(_Strict):
     control: Control = Control()
+    ledger: LedgerSettings = LedgerSettings()
     node: list[Node] = Field(min_length=1)
     coverage: list[Coverage] = []
     hooks: Hooks = Hooks()
@@ -187,16 +195,19 @@ class Domain:
 
     @property
     def ledger_url(self) -> str:
-        return resolve_sqlite_url(self.control.ledger, self.base)
+        return resolve_sqlite_url(self.control.ledger or self.spec.ledger.url, self.base)
 
     @property
     def broker_url(self) -> str:
         return os.environ.get("COSFAIL_BROKER", self.control.broker)
 
+    def address(self, name: str) -> str:
+        """The address node `name`'s services listen on."""
+        host = self.node(name).host
+        return "127.0.0.1" if host == "localhost" else host
+
     def service_url(self, name: str) -> str:
-        node = self.node(name)
-        host = "127.0.0.1" if node.host == "localhost" else node.host
-        return f"http://{host}:{node.port}"
+        return f"http://{self.address(name)}:{self.node(name).port}"
 
     def service_settings(self, name: str) -> dict[str, Any]:
         """All that node `name`'s cosprintd needs of this file, as JSON-ready values.
@@ -210,6 +221,7 @@ class Domain:
             "domain_file": str(self.path),
             "node": name,
             "port": node.port,
+            "listen": self.address(name),
             "home": str(self.home(name)),
             "spool": str(self.spool_dir(name)),
             "tables": self.tables_url(name),
@@ -228,6 +240,8 @@ def resolve_sqlite_url(url: str, base: Path) -> str:
 
 def _cross_check(spec: DomainFile) -> str | None:
     """The reason the nodes and coverage do not fit together, or None."""
+    if spec.control.ledger is not None and "url" in spec.ledger.model_fields_set:
+        return "both [control] ledger and [ledger] url are set: keep [ledger] url only"
     seen: dict[str, int] = {}
     ports: dict[tuple[str, int], str] = {}
     for i, n in enumerate(spec.node):

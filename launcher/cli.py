@@ -30,9 +30,15 @@ def init_demo(
         help="objects in all [default: 1000; 60 with --driver cups]")] = None,
     coverage: Annotated[str, typer.Option(help="one|each")] = "one",
     broker: Annotated[str | None, typer.Option(help="broker URL")] = None,
+    ledger: Annotated[str | None, typer.Option(
+        help="ledger URL, e.g. postgresql+psycopg://user@host/db [default: SQLite in DIR]")
+    ] = None,
     driver: Annotated[str, typer.Option(
         help="reference|cups: every node's COSprint is a cosprintd, or a real cupsd")
     ] = "reference",
+    hosts: Annotated[bool, typer.Option(
+        "--hosts", help="every node its own host (a network namespace; root only), "
+                        "the ledger on PostgreSQL on the control host")] = False,
 ) -> None:
     """Write DIR/domain.toml and every node's home, with realistic objects."""
     from cosfail.launcher.demo_domain import init_demo as make
@@ -42,7 +48,8 @@ def init_demo(
     if driver not in ("reference", "cups"):
         raise refuse(f"--driver must be reference or cups, not {driver!r}")
     path = make(directory, servers=servers, bcs=bcs, clients=clients, objects=objects,
-                coverage=coverage, broker=broker, driver=driver)  # type: ignore[arg-type]
+                coverage=coverage, broker=broker, ledger=ledger,
+                driver=driver, hosts=hosts)  # type: ignore[arg-type]
     out.print(f"wrote {path}")
 
 
@@ -51,6 +58,8 @@ def init_demo(
 def demo(
     directory: Annotated[Path | None, typer.Option(help="where to create the domain")] = None,
     objects: int = 10_000, as_json: JsonOpt = False,
+    hosts: Annotated[bool, typer.Option(
+        "--hosts", help="every node its own host, the ledger on PostgreSQL (root only)")] = False,
 ) -> None:
     """The one-command demonstration: a domain saved from losing its master."""
     from cosfail.api import view
@@ -65,7 +74,7 @@ def demo(
         return view.follow(eng, run_id, console)
 
     try:
-        summary = run_demo(say, show, directory, objects)
+        summary = run_demo(say, show, directory, objects, hosts)
     except RuntimeError as exc:
         err.print(f"[bold red]demo failed:[/] {exc}")
         raise typer.Exit(EXIT_FAILED) from None

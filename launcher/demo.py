@@ -24,6 +24,7 @@ from cosfail.cosprint.domain import Domain, load_domain
 from cosfail.cosprint.drivers import driver_for
 from cosfail.cosprint.errors import DriverError
 from cosfail.launcher.demo_domain import init_demo
+from cosfail.launcher.hosts import require_root
 from cosfail.launcher.local import LocalDomain, free_port
 from cosfail.workers.app import configure
 from cosfail.workflows import ledger as L
@@ -150,18 +151,29 @@ def queues_of(domain: Domain, node: str, host: str, limit: int = 5) -> list[str]
 
 
 def run_demo(say: Say, show_run: RunShown, directory: Path | None = None,
-             objects: int = 10_000) -> dict[str, Any]:
-    """The scenario; `say` narrates, `show_run` follows a run to its end."""
+             objects: int = 10_000, hosts: bool = False) -> dict[str, Any]:
+    """The scenario; `say` narrates, `show_run` follows a run to its end. With `hosts`,
+    every node and the control plane is its own host (a network namespace) and the
+    ledger is a PostgreSQL server on the control host."""
+    if hosts:
+        require_root("cosfail demo --hosts")
     base = directory or Path(tempfile.mkdtemp(prefix="cosfail-demo-"))
-    say(f"creating a demo domain in {base}: 2 servers, 1 BCS, 3 clients, {objects} objects")
+    where = "each its own host" if hosts else "on this host's loopback"
+    say(f"creating a demo domain in {base}: 2 servers, 1 BCS, 3 clients, {objects} objects, "
+        f"{where}")
     path = init_demo(base / "domain", servers=2, bcs=1, clients=3, objects=objects,
-                     broker=f"redis://127.0.0.1:{free_port()}/0")
+                     hosts=hosts,
+                     broker=None if hosts else f"redis://127.0.0.1:{free_port()}/0")
     domain = load_domain(path)
     configure(domain)
     local = LocalDomain(domain)
-    summary: dict[str, Any] = {"domain": str(path), "runs": []}
+    summary: dict[str, Any] = {"domain": str(path), "hosts": hosts, "runs": []}
     stream: JobStream | None = None
     try:
+        if hosts:
+            say("making the hosts: a network namespace, sshd and address per node, and the "
+                "control host's PostgreSQL ledger")
+            local.start_hosts()  # before the engine: its ledger is on the control host
         say("starting a broker of its own, a worker and a COSprint per node, and the API")
         local.up(with_services=False)
         local.start_api()
@@ -216,6 +228,7 @@ def run_demo(say: Say, show_run: RunShown, directory: Path | None = None,
                              "srv1 is healthy again").run_id
         step(run_id or "")
         time.sleep(2)
+        summary["master"] = current_state(eng).master  # while the ledger's host is up
     finally:
         if stream:
             stream.stop()
@@ -228,7 +241,6 @@ def run_demo(say: Say, show_run: RunShown, directory: Path | None = None,
         jobs_submitted=len(stream.submitted) if stream else 0,
         jobs_accepted=len(accepted), jobs_printed=len(accepted & printed),
         jobs_lost=len(accepted - printed), client_retries=stream.refusals if stream else 0,
-        master=current_state(Engine(domain)).master,
         failover_completed=any(r["workflow"] == "failover" and r["state"] == L.SUCCEEDED
                                for r in summary["runs"]),
     )

@@ -31,6 +31,15 @@ from cosfail.cosprint.designation import Designation
 from cosfail.cosprint.domain import DEFAULT_DOMAIN_FILE, Control, parse_domain, resolve_sqlite_url
 from cosfail.cosprint.errors import CosfailError, DomainFileError
 from cosfail.cosprint.fsutil import atomic_copy, atomic_write_bytes, fsync_dir
+from cosfail.launcher.hosts import (
+    CONTROL,
+    HOST_PORT,
+    LAB_FILE,
+    LAB_POSTGRES_PORT,
+    Lab,
+    plan_lab,
+    write_host_keys,
+)
 from sqlalchemy.exc import SQLAlchemyError
 
 DOMAIN_NAME = "demo"
@@ -38,8 +47,8 @@ MASTER = "srv1"
 EPOCH = 1
 DEFAULT_BROKER = "redis://127.0.0.1:6379/0"
 DEFAULT_LEDGER = "sqlite:///ledger.db"
-TOKEN_FILE = "secrets/api.token"
-FLOWER_AUTH_FILE = "secrets/flower.auth"
+TOKEN_NAME = "api.token"  # in the control plane's secrets directory (_secrets_dir)
+FLOWER_AUTH_NAME = "flower.auth"
 FLOWER_USER = "cosfail"
 TABLES_FILE = "tables.db"  # Domain.tables_url's default, under the node's home
 SEED = 20240601  # the demo is the same every time it is written
@@ -72,6 +81,7 @@ def init_demo(
     broker: str | None = None,
     ledger: str | None = None,
     driver: DriverKind = "reference",
+    hosts: bool = False,
 ) -> Path:
     """Write `directory/domain.toml` and every node's home; return the domain file path.
 
@@ -83,6 +93,11 @@ def init_demo(
     `driver="cups"` makes every node's COSprint a real cupsd (servers and BCSs) or a
     client.conf (clients), its printers behind the project's sink backend; `objects`
     defaults to 1000, or 60 with CUPS.
+
+    `hosts=True` makes every node, and the control plane, a host of its own
+    (launcher/hosts.py: `DIR/lab.json`, homes under `hosts/<name>`): each node has its
+    address, its port 6310 and its sshd, reached over SFTP with verified host keys; the
+    broker, API, Flower and a PostgreSQL ledger listen on the control host's address.
     """
     if driver not in DEFAULT_OBJECTS:
         raise DemoError(f"driver: want 'reference' or 'cups', not {driver!r}")
@@ -98,6 +113,25 @@ def init_demo(
             f"{domain_file}: a domain is already there; choose another directory "
             "or remove it first"
         )
+    srv = [f"srv{i}" for i in range(1, servers + 1)]
+    bcss = [f"bcs{i}" for i in range(1, bcs + 1)]
+    cls = [f"cl{i}" for i in range(1, clients + 1)]
+    roles = {**dict.fromkeys(srv, "server"), **dict.fromkeys(bcss, "bcs"),
+             **dict.fromkeys(cls, "client")}
+    names = list(roles)
+    lab = plan_lab(str(directory), [CONTROL, *names]) if hosts else None
+    if lab is not None:
+        if driver != "reference":
+            raise DemoError("--hosts runs the reference cosprintd on every host; "
+                            "the CUPS driver runs only in a loopback domain")
+        control_address = lab.host(CONTROL).address
+        if ledger is None:
+            ledger = f"postgresql+psycopg://postgres@{control_address}:{LAB_POSTGRES_PORT}/cosfail"
+        elif ledger.startswith("sqlite"):
+            raise DemoError("--hosts needs a ledger every host reaches over the network "
+                            "(postgresql+psycopg://...), not a SQLite file on one of them")
+        if broker is None:
+            broker = f"redis://{control_address}:6379/0"
     ledger_url = resolve_sqlite_url(DEFAULT_LEDGER if ledger is None else ledger, directory)
     if ledger_url.startswith("sqlite:///") and os.path.lexists(ledger_url[len("sqlite:///"):]):
         # its authoritative master and epoch would overrule the new domain's srv1@1
@@ -106,14 +140,9 @@ def init_demo(
             "choose another directory or ledger, or remove it first"
         )
 
-    srv = [f"srv{i}" for i in range(1, servers + 1)]
-    bcss = [f"bcs{i}" for i in range(1, bcs + 1)]
-    cls = [f"cl{i}" for i in range(1, clients + 1)]
-    roles = {**dict.fromkeys(srv, "server"), **dict.fromkeys(bcss, "bcs"),
-             **dict.fromkeys(cls, "client")}
-    names = list(roles)
-
-    if base_port is None:
+    if lab is not None:
+        ports = [HOST_PORT] * len(names) + [8700, 5555]
+    elif base_port is None:
         ports = _free_ports(len(names) + 2)
     else:
         ports = list(range(base_port, base_port + len(names) + 2))
@@ -134,8 +163,9 @@ def init_demo(
         cover=cover,
         broker=DEFAULT_BROKER if broker is None else broker,
         ledger=DEFAULT_LEDGER if ledger is None else ledger,
-        api=f"127.0.0.1:{api_port}",
-        flower=f"127.0.0.1:{flower_port}",
+        api=f"{control_address if lab else '127.0.0.1'}:{api_port}",
+        flower=f"{control_address if lab else '127.0.0.1'}:{flower_port}",
+        lab=lab,
         summary=f"{servers} server(s), {bcs} bcs, {clients} client(s), {objects} objects, "
         f"coverage {coverage!r}" + (f", driver {driver!r}" if driver != "reference" else ""),
         driver=driver,
@@ -148,12 +178,15 @@ def init_demo(
 
     try:
         directory.mkdir(parents=True, exist_ok=True)
-        homes = {n: directory / "nodes" / n for n in names}
+        homes = {n: directory / _home(n, lab) for n in names}
         for n, home in homes.items():
             for sub in ("etc", "var", "spool") + (("backup",) if roles[n] == "bcs" else ()):
                 (home / sub).mkdir(parents=True, exist_ok=True)
-        _write_secrets(directory)
+        _write_secrets(directory, lab)
         _write_tables(directory, homes, srv, objects)
+        if lab is not None:
+            write_host_keys(directory, lab, names)
+            lab.save(directory / LAB_FILE)
         here = Designation(MASTER, EPOCH)
         for home in homes.values():
             designation.write(home / designation.DESIGNATION, here)
@@ -229,6 +262,7 @@ def _domain_toml(
     flower: str,
     summary: str,
     driver: DriverKind = "reference",
+    lab: Lab | None = None,
 ) -> str:
     defaults = Control()
     lines = [
@@ -239,19 +273,26 @@ def _domain_toml(
         "[control]",
         f"name = {_q(DOMAIN_NAME)}",
         f"broker = {_q(broker)}",
-        f"ledger = {_q(ledger)}",
         f"api = {_q(api)}",
-        f"token_file = {_q(TOKEN_FILE)}",
+        f"token_file = {_q(_secrets_dir(lab) + '/' + TOKEN_NAME)}",
         f"flower = {_q(flower)}",
-        f"flower_auth_file = {_q(FLOWER_AUTH_FILE)}",
+        f"flower_auth_file = {_q(_secrets_dir(lab) + '/' + FLOWER_AUTH_NAME)}",
         f"backup_interval = {float(defaults.backup_interval)!r}",
         f"retention = {int(defaults.retention)}",
+        "",
+        "[ledger]",
+        f"url = {_q(ledger)}",
     ]
     for name, role in roles.items():
         lines += ["", "[[node]]", f"name = {_q(name)}", f"role = {_q(role)}"]
         if name == MASTER:
             lines.append("master = true")
-        lines += [f"home = {_q('nodes/' + name)}", f"port = {ports[name]}"]
+        lines += [f"home = {_q(_home(name, lab))}", f"port = {ports[name]}"]
+        if lab is not None:
+            address = lab.host(name).address
+            # Each host's processes run with HOME = its directory: "~" is the host's own.
+            lines += [f"host = {_q(address)}", "", "[node.ssh]", f"host = {_q(address)}",
+                      'key_file = "~/.ssh/id_ed25519"', 'known_hosts = "~/.ssh/known_hosts"']
         if driver == "cups":  # the port is the cupsd's; jobs go to the sink backend
             lines += ['driver = "cups"', "", "[node.cups]", "sink = true"]
     for b, servers in cover:
@@ -279,12 +320,22 @@ def _write_secret(path: Path, text: str) -> None:
         os.fsync(f.fileno())
 
 
-def _write_secrets(directory: Path) -> None:
-    sdir = directory / "secrets"
-    sdir.mkdir(mode=0o700, exist_ok=True)
+def _home(node: str, lab: Lab | None) -> str:
+    return f"hosts/{node}" if lab else f"nodes/{node}"
+
+
+def _secrets_dir(lab: Lab | None) -> str:
+    """The control plane's secrets: on the control host's own directory in a lab."""
+    return f"hosts/{CONTROL}/secrets" if lab else "secrets"
+
+
+def _write_secrets(directory: Path, lab: Lab | None) -> None:
+    sdir = directory / _secrets_dir(lab)
+    sdir.mkdir(mode=0o700, parents=True, exist_ok=True)
     os.chmod(sdir, 0o700)
-    _write_secret(directory / TOKEN_FILE, secrets.token_urlsafe(32))
-    _write_secret(directory / FLOWER_AUTH_FILE, f"{FLOWER_USER}:{secrets.token_urlsafe(18)}")
+    _write_secret(sdir / TOKEN_NAME, secrets.token_urlsafe(32))
+    _write_secret(sdir / FLOWER_AUTH_NAME,
+                  f"{FLOWER_USER}:{secrets.token_urlsafe(18)}")
     fsync_dir(sdir)
 
 

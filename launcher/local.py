@@ -3,6 +3,12 @@ a control worker, beat, API and Flower, each a real process whose pid is recorde
 
 `cosfail local up|down|status|kill|revive` and the test fixtures use this one class,
 so the demo, the tests and an operator's laptop run the same way.
+
+A domain with a lab (`init-demo --hosts`, launcher/hosts.py) runs each process on its
+own host: in that host's network namespace, with HOME, working directory and log in the
+host's directory. The control host also runs the domain's PostgreSQL ledger, and each
+node host its sshd; a node's COSprint is started on its host by its worker's start-up
+restart-check, never from here.
 """
 
 from __future__ import annotations
@@ -24,9 +30,12 @@ from cosfail.cosprint.domain import Domain
 from cosfail.cosprint.drivers import driver_for
 from cosfail.cosprint.errors import CosfailError
 from cosfail.cosprint.fsutil import atomic_write_bytes
+from cosfail.launcher import hosts
+from cosfail.launcher.postgres import LocalPostgres
 from cosfail.workers.app import BrokerUnreachable, app, check_broker
 from cosfail.workflows.engine import Engine
 from cosfail.workflows.state import current_state
+from sqlalchemy import make_url
 
 
 class LocalError(CosfailError):
@@ -79,11 +88,15 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def redis_argv(port: int, workdir: Path) -> list[str]:
-    """A loopback redis-server that keeps nothing on disk: a broker holds no state
-    worth saving (the ledger is the record of every run)."""
-    return [redis_server_binary(), "--port", str(port), "--bind", "127.0.0.1", "--save", "",
-            "--appendonly", "no", "--dir", str(workdir)]
+def redis_argv(port: int, workdir: Path, bind: str = "127.0.0.1") -> list[str]:
+    """A redis-server that keeps nothing on disk: a broker holds no state worth saving
+    (the ledger is the record of every run)."""
+    # Protected mode refuses every client from another address without a password: on a
+    # lab's control host (launcher/hosts.py) those are its hosts, and nothing else can
+    # reach the lab's network.
+    protected = "yes" if bind == "127.0.0.1" else "no"
+    return [redis_server_binary(), "--port", str(port), "--bind", bind, "--save", "",
+            "--appendonly", "no", "--dir", str(workdir), "--protected-mode", protected]
 
 
 class LoopbackRedis:
@@ -139,8 +152,12 @@ class LoopbackRedis:
 class LocalDomain:
     def __init__(self, domain: Domain) -> None:
         self.domain = domain
-        self.rundir = domain.base / "run"
+        self.rundir = domain.base / "run"  # this supervisor's record and, without a lab, logs
         self.state_file = self.rundir / "local.json"
+        self.lab = hosts.load_lab(domain.base)
+
+    def host_dir(self, host: str) -> Path:
+        return self.domain.base / "hosts" / host
 
     # ----- the record of what runs -------------------------------------------------------
     def components(self) -> dict[str, Component]:
@@ -160,17 +177,23 @@ class LocalDomain:
         self._save(comps)
 
     def _spawn(self, name: str, argv: list[str], url: str = "",
-               env: dict[str, str] | None = None) -> Component:
+               host: str = hosts.CONTROL) -> Component:
+        """Start `argv` as component `name` unless it runs; with a lab, on `host`."""
         current = self.components().get(name)
         if current and current.alive():
             return current
-        self.rundir.mkdir(parents=True, exist_ok=True)
-        log = self.rundir / f"{name.replace(':', '-')}.log"
-        full_env = {**os.environ, "COSFAIL_DOMAIN": str(self.domain.path), **(env or {})}
+        env = {**os.environ, "COSFAIL_DOMAIN": str(self.domain.path)}
+        logdir, cwd = self.rundir, self.domain.base
+        if self.lab is not None:
+            argv = [*self.lab.netns_exec(host), *argv]
+            cwd = self.host_dir(host)
+            logdir, env["HOME"] = cwd / "log", str(cwd)
+        logdir.mkdir(parents=True, exist_ok=True)
+        log = logdir / f"{name.replace(':', '-')}.log"
         with open(log, "ab") as out:
             proc = subprocess.Popen(  # noqa: S603 - argument list, no shell
                 argv, stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
-                env=full_env, start_new_session=True, cwd=self.domain.base,
+                env=env, start_new_session=True, cwd=cwd,
             )
         comp = Component(name, proc.pid, url, str(log))
         self._record(comp)
@@ -189,10 +212,15 @@ class LocalDomain:
         except BrokerUnreachable:
             pass
         parsed = urlparse(url)
-        if parsed.hostname not in ("127.0.0.1", "localhost"):
+        ours = ["127.0.0.1", "localhost"]
+        if self.lab is not None:
+            ours.append(self.lab.host(hosts.CONTROL).address)
+        if parsed.hostname not in ours:
             raise LocalError(f"broker {url} does not answer and is not on this machine")
         port = parsed.port or 6379
-        comp = self._spawn("broker", redis_argv(port, self.rundir), url=url)
+        bind = "127.0.0.1" if parsed.hostname == "localhost" else str(parsed.hostname)
+        workdir = self.rundir if self.lab is None else self.host_dir(hosts.CONTROL)
+        comp = self._spawn("broker", redis_argv(port, workdir, bind), url=url)
         deadline = time.time() + 10
         while time.time() < deadline:
             try:
@@ -206,7 +234,7 @@ class LocalDomain:
         """A node's worker, or the control worker when `node` is None."""
         name = f"worker:{node or 'control'}"
         args = ["worker", "--node", node] if node else ["worker", "--control"]
-        return self._spawn(name, self._cosfail(*args))
+        return self._spawn(name, self._cosfail(*args), host=node or hosts.CONTROL)
 
     def start_cosprint(self, node: str) -> None:
         driver_for(self.domain, node).start()
@@ -241,12 +269,48 @@ class LocalDomain:
         missing = sorted(w.rstrip("@") for w in want - seen)
         raise LocalError(f"workers did not answer within {timeout:g} s: {', '.join(missing)}")
 
+    # ----- a lab's hosts ---------------------------------------------------------------
+    def ledger_server(self) -> LocalPostgres:
+        """The control host's PostgreSQL, whose database the ledger URL names."""
+        assert self.lab is not None
+        control = self.lab.host(hosts.CONTROL)
+        return LocalPostgres(self.host_dir(hosts.CONTROL) / "postgres", hosts.LAB_POSTGRES_PORT,
+                             host=control.address,
+                             netns_exec=tuple(self.lab.netns_exec(hosts.CONTROL)),
+                             trusted=self.lab.subnet)
+
+    def start_hosts(self) -> None:
+        """The lab's namespaces, every node's sshd and the ledger's server."""
+        assert self.lab is not None
+        hosts.up(self.lab)
+        Path("/run/sshd").mkdir(parents=True, exist_ok=True)  # sshd's privilege separation
+        for node in self.domain.names():
+            ssh = self.host_dir(node) / ".ssh"
+            self._spawn(f"sshd:{node}", ["/usr/sbin/sshd", "-D", "-e", "-f",
+                                                str(ssh / "sshd_config")],
+                        host=node)
+        server = self.ledger_server()
+        server.start()
+        server.ensure_database(make_url(self.domain.ledger_url).database or "cosfail")
+
+    def wait_cosprints(self, nodes: list[str], timeout: float = 60.0) -> None:
+        drivers = {n: driver_for(self.domain, n) for n in nodes}
+        deadline = time.time() + timeout
+        while waiting := [n for n, d in drivers.items() if d.status() is None]:
+            if time.time() > deadline:
+                raise LocalError(f"COSprint did not answer within {timeout:g} s on: "
+                                 f"{', '.join(waiting)}")
+            time.sleep(0.1)
+
     def up(self, with_services: bool = True) -> None:
+        if self.lab is not None:
+            self.start_hosts()
         current_state(Engine(self.domain))  # the ledger's schema, made once, here
         self.ensure_broker()
         nodes = self.domain.names()
-        for node in nodes:
-            self.start_cosprint(node)
+        if self.lab is None:  # on a host, its worker's start-up restart-check starts it
+            for node in nodes:
+                self.start_cosprint(node)
         self.start_worker(None)
         for node in nodes:
             self.start_worker(node)
@@ -254,7 +318,10 @@ class LocalDomain:
             self.start_beat()
             self.start_api()
             self.start_flower()
-        self.wait_workers([None, *nodes])
+        # every worker imports Celery at once, on as few as 2 cores
+        self.wait_workers([None, *nodes], timeout=30 + 3 * len(nodes))
+        if self.lab is not None:
+            self.wait_cosprints(nodes)
         if with_services:  # once every worker answers: none starts out "suspect"
             self.start_watch()
 
@@ -299,6 +366,9 @@ class LocalDomain:
             list(pool.map(lambda d: d.stop(), drivers))
         if "broker" in comps:
             self.stop_components([comps["broker"]])
+        if self.lab is not None:
+            self.ledger_server().stop(check=False)
+            hosts.down(self.lab.tag)  # and whatever still runs on its hosts
         self._save({})
 
     def status(self) -> list[dict[str, object]]:

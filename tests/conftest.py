@@ -1,5 +1,10 @@
-"""Fixtures that start real services: a redis-server on a free port, a domain of real
-node workers and real `cosprintd` processes. Reused by every integration test."""
+"""Fixtures that start real services: a redis-server on a free port, a PostgreSQL
+cluster of the tests' own, a domain of real node workers and real `cosprintd`
+processes. Reused by every integration test.
+
+Every test that makes a domain (`make_cluster`) runs once per ledger backend: on a
+SQLite file in the domain and on a fresh database of the tests' PostgreSQL
+(`-m "not postgresql"` runs the SQLite half only)."""
 
 from __future__ import annotations
 
@@ -11,9 +16,11 @@ import signal
 import socket
 import subprocess
 import sys
+import tempfile
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
+from itertools import count
 from pathlib import Path
 
 import pytest
@@ -21,7 +28,9 @@ from cosfail.cosprint import authority, tables
 from cosfail.cosprint.domain import Domain, load_domain
 from cosfail.cosprint.drivers import driver_for
 from cosfail.launcher.demo_domain import init_demo
+from cosfail.launcher.hosts import sshd_config
 from cosfail.launcher.local import LocalDomain, LoopbackRedis, free_port, pid_alive
+from cosfail.launcher.postgres import LocalPostgres
 from cosfail.workers.app import configure
 from cosfail.workflows import trigger
 from cosfail.workflows.backup import BACKUP, BackupRequest
@@ -42,6 +51,50 @@ def redis_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RedisServ
     server.start()
     yield server
     server.stop()
+
+
+@pytest.fixture(scope="session")
+def postgres_server() -> Iterator[LocalPostgres]:
+    """The tests' own PostgreSQL cluster (initdb + pg_ctl as the postgres user).
+
+    Outside pytest's temporary tree: any other pytest run on the machine makes
+    /tmp/pytest-of-USER 0700 again, and the server, another user, loses its data dir."""
+    workdir = Path(tempfile.mkdtemp(prefix="cosfail-tests-postgres-"))
+    server = LocalPostgres(workdir, free_port())
+    try:
+        server.start()
+        yield server
+    finally:
+        server.stop(check=False)
+        shutil.rmtree(workdir, ignore_errors=True)
+
+
+_databases = count(1)
+
+
+@pytest.fixture(params=[
+    pytest.param("sqlite"),
+    pytest.param("postgresql", marks=pytest.mark.postgresql),
+])
+def new_ledger(request: pytest.FixtureRequest):  # type: ignore[no-untyped-def]
+    """Factory: the ledger URL for one more domain: None (the demo's SQLite file in the
+    domain) or a new database of the tests' PostgreSQL."""
+    if request.param == "sqlite":
+        return lambda: None
+    server: LocalPostgres = request.getfixturevalue("postgres_server")
+    return lambda: server.create_database(f"ledger_{next(_databases)}")
+
+
+# The fault suites (killing a worker at every step of the longest chains takes minutes
+# per backend) run on PostgreSQL in `make soak`, on SQLite in every `make test`: both
+# backends in CI would take it past its 30 minutes. The workflow suites run on both.
+SOAK_ON_POSTGRESQL = ("tests/faults/",)
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    for item in items:
+        if item.get_closest_marker("postgresql") and item.nodeid.startswith(SOAK_ON_POSTGRESQL):
+            item.add_marker(pytest.mark.soak)
 
 
 class Cluster:
@@ -231,19 +284,24 @@ def watch_masters() -> type[MasterWatcher]:
 
 
 def run_cli(*args: str, check: bool = False, env: dict[str, str] | None = None,
-            timeout: float = 300) -> subprocess.CompletedProcess[str]:
+            timeout: float = 300, on: Sequence[str] = ()) -> subprocess.CompletedProcess[str]:
+    """`cosfail ARGS`; `on` prefixes the command (a lab's `ip netns exec NS`)."""
     return subprocess.run(  # noqa: S603
-        [sys.executable, "-m", "cosfail.launcher.cli", *args], capture_output=True, text=True,
+        [*on, sys.executable, "-m", "cosfail.launcher.cli", *args], capture_output=True, text=True,
         check=check, timeout=timeout, cwd=REPO, env={**os.environ, **(env or {})})
 
 
 @pytest.fixture
-def make_cluster(redis_server: RedisServer, tmp_path: Path) -> Iterator:  # type: ignore[type-arg]
-    """Factory: make_cluster(servers=1, bcs=1, clients=2, objects=1000, coverage="one")."""
+def make_cluster(redis_server: RedisServer, new_ledger,  # type: ignore[no-untyped-def]
+                 tmp_path: Path) -> Iterator:  # type: ignore[type-arg]
+    """Factory: make_cluster(servers=1, bcs=1, clients=2, objects=1000, coverage="one"),
+    its ledger on this run's backend (`new_ledger`)."""
     made: list[Cluster] = []
 
     def make(name: str = "dom", up: bool = True, **kw: object) -> Cluster:
         redis_server.flush()
+        if "ledger" not in kw and (url := new_ledger()) is not None:
+            kw["ledger"] = url
         path = init_demo(tmp_path / name, broker=redis_server.url, **kw)  # type: ignore[arg-type]
         cluster = Cluster(load_domain(path))
         made.append(cluster)
@@ -363,21 +421,8 @@ class SSHD:
         self.keygen(self.user_key)
         (self.dir / "authorized_keys").write_text(self.user_key.with_suffix(".pub").read_text())
         self.known_hosts.write_text(self.known_hosts_line(self.host_key.with_suffix(".pub")))
-        self.config.write_text("\n".join([
-            f"Port {self.port}",
-            "ListenAddress 127.0.0.1",
-            f"HostKey {self.host_key}",
-            f"PidFile {self.dir / 'sshd.pid'}",
-            f"AuthorizedKeysFile {self.dir / 'authorized_keys'}",
-            "PermitRootLogin prohibit-password",
-            "StrictModes no",
-            "UsePAM no",
-            "PasswordAuthentication no",
-            "KbdInteractiveAuthentication no",
-            "Subsystem sftp internal-sftp",
-            "MaxStartups 100",
-            "",
-        ]))
+        self.config.write_text(sshd_config("127.0.0.1", self.port, self.host_key,
+                                           self.dir / "authorized_keys", self.dir / "sshd.pid"))
         self.proc = subprocess.Popen(  # noqa: S603
             [self.BINARY, "-D", "-f", str(self.config), "-E", str(self.log)],
             stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)

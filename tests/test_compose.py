@@ -198,9 +198,9 @@ def test_secrets_are_files_outside_the_repo_history(project: Path,
                 assert key.endswith("_FILE"), (svc, key)
     # nor in the domain file: the ledger URL has no password, the rest are file paths
     domain = tomllib.loads((project / "deploy" / "domain.toml").read_text())
-    assert make_url(domain["control"]["ledger"]).password is None
+    assert make_url(domain["ledger"]["url"]).password is None
     pgpass = (secrets_dir / "pgpass").read_text().strip().split(":")
-    ledger = make_url(domain["control"]["ledger"])
+    ledger = make_url(domain["ledger"]["url"])
     assert pgpass[:4] == [ledger.host, str(ledger.port), ledger.database, ledger.username]
     assert pgpass[4] == (secrets_dir / "postgres_password").read_text().strip()
     assert config["services"]["postgres"]["environment"]["POSTGRES_USER"] == ledger.username
@@ -361,7 +361,7 @@ class Native:
         text = compose_domain.read_text()
         raw = tomllib.loads(text)
         control = raw["control"]
-        swap = {control["broker"]: self.redis.url, control["ledger"]: ledger,
+        swap = {control["broker"]: self.redis.url, raw["ledger"]["url"]: ledger,
                 control["api"]: f"127.0.0.1:{free_port()}",
                 control["flower"]: f"127.0.0.1:{free_port()}"}
         for key in ("token_file", "flower_auth_file"):
@@ -507,7 +507,7 @@ def native(project: Path, config: dict[str, Any], redis_server: RedisServer,
     with psycopg.connect(admin, autocommit=True) as conn:
         conn.execute(f'CREATE SCHEMA "{schema}"')
     compose_ledger = make_url(tomllib.loads(
-        (project / "deploy" / "domain.toml").read_text())["control"]["ledger"])
+        (project / "deploy" / "domain.toml").read_text())["ledger"]["url"])
     ledger = (f"{compose_ledger.drivername}://{user}@127.0.0.1:5432/test"
               f"?options=-csearch_path%3D{schema}")
 

@@ -51,7 +51,7 @@ def test_demo_domain_loads_with_named_nodes_and_srv1_as_master(demo: Domain):
     assert demo.initial_master == "srv1"
     assert demo.control.name == "demo"
     assert demo.control.broker == "redis://127.0.0.1:6379/0"
-    assert demo.control.ledger == "sqlite:///ledger.db"
+    assert demo.spec.ledger.url == "sqlite:///ledger.db"
     assert demo.control.token_file == "secrets/api.token"
     assert demo.control.flower_auth_file == "secrets/flower.auth"
     assert all(demo.node(n).home == f"nodes/{n}" for n in demo.names())

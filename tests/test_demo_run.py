@@ -3,15 +3,25 @@
 from __future__ import annotations
 
 import json
+import os
+import pwd
 
+import pytest
 from conftest import run_cli
+from cosfail.launcher import hosts
 
 
-def test_demo_fails_over_loses_no_job_and_ends_with_the_original_master(tmp_path):
+@pytest.mark.parametrize("where", [
+    pytest.param([], id="loopback"),
+    pytest.param(["--hosts"], id="hosts", marks=pytest.mark.skipif(
+        os.geteuid() != 0, reason="network namespaces need root")),
+])
+def test_demo_fails_over_loses_no_job_and_ends_with_the_original_master(tmp_path, where):
     done = run_cli("demo", "--json", "--directory", str(tmp_path / "demo"), "--objects", "2000",
-                   timeout=600)
+                   *where, timeout=600)
     assert done.returncode == 0, done.stderr[-3000:]
     summary = json.loads(done.stdout)
+    assert summary["hosts"] is bool(where)
     workflows = [(r["workflow"], r["state"]) for r in summary["runs"]]
     assert workflows == [("backup", "succeeded"), ("failover", "succeeded"),
                          ("reclaim", "succeeded"), ("failback", "succeeded")]
@@ -22,3 +32,19 @@ def test_demo_fails_over_loses_no_job_and_ends_with_the_original_master(tmp_path
     assert summary["outage_seconds"] is not None
     local = json.loads((tmp_path / "demo" / "domain" / "run" / "local.json").read_text())
     assert local == {}, "the demo leaves nothing running"
+    if where:
+        assert hosts.existing_netns(hosts.plan_lab(str(tmp_path / "demo" / "domain"), []).tag) == []
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="needs root to become another user")
+def test_demo_on_hosts_refuses_in_one_line_without_root_and_makes_nothing(tmp_path):
+    tmp_path.chmod(0o777)
+    nobody = pwd.getpwnam("nobody")
+    done = run_cli("demo", "--hosts", "--directory", str(tmp_path / "demo"), timeout=60,
+                   on=["setpriv", f"--reuid={nobody.pw_uid}", f"--regid={nobody.pw_gid}",
+                       "--clear-groups"],
+                   env={"HOME": str(tmp_path)})
+    assert done.returncode == 2, (done.stdout, done.stderr)
+    [line] = done.stderr.strip().splitlines()
+    assert "cosfail demo --hosts needs root" in line, line
+    assert not (tmp_path / "demo").exists()

@@ -12,7 +12,8 @@ from cosfail.cosprint.domain import load_domain, parse_domain
 from cosfail.cosprint.errors import DomainFileError, UnknownNodeError
 
 BASE: dict = {
-    "control": {"name": "unit", "ledger": "sqlite:///state/ledger.db"},
+    "control": {"name": "unit"},
+    "ledger": {"url": "sqlite:///state/ledger.db"},
     "node": [
         {"name": "srv1", "role": "server", "master": True, "home": "nodes/srv1", "port": 7001},
         {"name": "srv2", "role": "server", "home": "nodes/srv2", "port": 7002},
@@ -128,6 +129,10 @@ INVALID: list[tuple[str, Callable[[dict], object], list[str]]] = [
     ("unknown_control_key", lambda d: d["control"].update(brokr="redis://x"), ["control.brokr"]),
     ("unsafe_domain_name", lambda d: d["control"].update(name="my domain"), ["control.name"]),
     ("retention_zero", lambda d: d["control"].update(retention=0), ["control.retention"]),
+    ("ledger_in_both_places",
+     lambda d: d["control"].update(ledger="sqlite:///other.db"),
+     ["both [control] ledger and [ledger] url are set"]),
+    ("unknown_ledger_key", lambda d: d["ledger"].update(path="x.db"), ["ledger.path"]),
     ("unknown_top_level_table", lambda d: d.update(printers={"a": 1}), ["printers"]),
     ("ssh_without_key_file",
      lambda d: node(d, "srv2").update(ssh={"host": "h", "known_hosts": "kh"}),
@@ -239,6 +244,12 @@ def test_paths_resolve_against_the_domain_file_directory_not_the_cwd(
     assert domain.ledger_url == f"sqlite:///{base}/state/ledger.db"
 
 
+def test_a_ledger_named_where_older_files_name_it_is_still_used(tmp_path: Path):
+    doc = variant(lambda d: (d.pop("ledger"),
+                             d["control"].update(ledger="postgresql+psycopg://u@db/ledger")))
+    assert load_domain(write(tmp_path, render(doc))).ledger_url == "postgresql+psycopg://u@db/ledger"
+
+
 def test_absolute_and_non_sqlite_table_urls_pass_through(tmp_path: Path):
     doc = variant(lambda d: (
         node(d, "cl1").update(tables="postgresql+psycopg://u@db/cosprint"),
@@ -269,3 +280,14 @@ def test_cosfail_domain_environment_variable_names_the_default_file(
     path = write(tmp_path, render(BASE))
     monkeypatch.setenv("COSFAIL_DOMAIN", str(path))
     assert load_domain().path == path
+
+
+def test_the_site_domain_of_the_deployment_guide_loads_with_every_node_on_its_own_host(
+        tmp_path: Path):
+    guide = (Path(__file__).parent.parent / "docs" / "deploy.md").read_text()
+    [block] = [b.split("\n", 1)[1] for b in guide.split("```")[1::2] if b.startswith("toml")]
+    (tmp_path / "domain.toml").write_text(block)
+    d = load_domain(tmp_path / "domain.toml")
+    assert d.ledger_url.startswith("postgresql+psycopg://")
+    assert len({d.address(n) for n in d.names()}) == len(d.names()) == 3
+    assert {n for n in d.names() if d.node(n).ssh} == {"srv1", "bcs1"}

@@ -31,8 +31,10 @@ def test_lint_imports_keeps_every_contract(installed_cosfail: InstalledCosfail) 
         env={**os.environ, "PYTHONPATH": str(installed_cosfail.site_packages)})
     assert done.returncode == 0, done.stdout + done.stderr
     assert " 0 broken" in done.stdout, done.stdout
-    # grimp read every module the wheel installed, not an empty package
-    modules = [n for n in zipfile.ZipFile(installed_cosfail.wheel).namelist() if n.endswith(".py")]
+    # grimp read every module the wheel installed, not an empty package (Alembic's
+    # migration scripts are data it loads by path, not modules of a package)
+    modules = [n for n in zipfile.ZipFile(installed_cosfail.wheel).namelist()
+               if n.endswith(".py") and "/migrations/" not in n]
     assert f"Analyzed {len(modules)} files" in done.stdout, done.stdout
 
 

@@ -63,6 +63,7 @@ def configure(domain: Domain) -> Celery:
     transport: dict[str, object] = {"visibility_timeout": VISIBILITY_TIMEOUT}
     if _client_name:
         transport["client_name"] = _client_name
+    moved = app.conf.broker_url not in (None, domain.broker_url)
     app.conf.update(
         broker_url=domain.broker_url,
         broker_connection_retry_on_startup=True,
@@ -88,7 +89,20 @@ def configure(domain: Domain) -> Celery:
         enable_utc=True,
     )
     app.conf.cosfail_domain = domain
+    if moved:
+        _forget_broker()
     return app
+
+
+def _forget_broker() -> None:
+    """Celery keeps its first broker's connection pool, producer pool and result
+    backend for the life of the process, whatever the configuration says later; a
+    process that moves to another domain's broker (tests and benchmarks run domains in
+    turn) would go on publishing to the old one."""
+    app._pool = None
+    app.amqp._producer_pool = None
+    app._backend_cache = None
+    app._local.backend = None
 
 
 @cache

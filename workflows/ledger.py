@@ -19,6 +19,7 @@ from typing import Any
 from cosfail.cosprint import authority
 from cosfail.cosprint.database import open_engine
 from cosfail.cosprint.errors import CosfailError
+from cosfail.workflows import migrate
 
 # The schema is declared in workflows.schema; ledger users know it as ledger.<name>.
 from cosfail.workflows.schema import (  # noqa: F401
@@ -33,7 +34,6 @@ from cosfail.workflows.schema import (  # noqa: F401
     REFUSED,
     RETRYING,
     RUNNING,
-    SCHEMA_VERSION,
     SKIPPED,
     SUCCEEDED,
     StepRow,
@@ -41,16 +41,14 @@ from cosfail.workflows.schema import (  # noqa: F401
     liveness,
     locks,
     metadata,
-    run_subject,
     runs,
-    schema_version,
     snapshots,
     steps,
-    upgrade_1_to_2,
 )
 from sqlalchemy import (
     Connection,
     Engine,
+    Table,
     and_,
     bindparam,
     case,
@@ -61,7 +59,8 @@ from sqlalchemy import (
     select,
     update,
 )
-from sqlalchemy.exc import IntegrityError, OperationalError
+from sqlalchemy.dialects import postgresql, sqlite
+from sqlalchemy.exc import IntegrityError
 
 
 class LedgerError(CosfailError):
@@ -85,6 +84,16 @@ def engine_for(url: str) -> Engine:
     # WAL lets the API read while workers write; busy_timeout rides out short locks.
     return open_engine(url, pragmas=("journal_mode=WAL", "synchronous=NORMAL",
                                      "busy_timeout=15000"))
+
+
+def _upsert(conn: Connection, table: Table, values: dict[str, Any]) -> None:
+    """Insert the row, or update the one with its primary key: one statement, so that
+    two writers of the same row (a step and its redelivery) cannot both insert."""
+    dialect = {"sqlite": sqlite, "postgresql": postgresql}[conn.dialect.name]
+    stmt = dialect.insert(table).values(**values)
+    keys = [c.name for c in table.primary_key]
+    conn.execute(stmt.on_conflict_do_update(
+        index_elements=keys, set_={k: stmt.excluded[k] for k in values if k not in keys}))
 
 
 # The journal's statements, built once. Building and cache-keying a Core statement costs
@@ -139,38 +148,7 @@ class Ledger:
         self.url = url
         self.domain = domain
         self.engine = engine_for(url)
-        self._ensure_schema()
-
-    def _ensure_schema(self) -> None:
-        for attempt in range(5):
-            try:
-                metadata.create_all(self.engine)
-                authority.metadata.create_all(self.engine)
-                break
-            except OperationalError:
-                # Another process created the same table between our check and create.
-                if attempt == 4:
-                    raise
-                time.sleep(0.05 * (attempt + 1))
-        with self.engine.begin() as conn:
-            found = conn.execute(select(schema_version.c.version)).scalar()
-            if found is None:
-                try:
-                    conn.execute(insert(schema_version).values(version=SCHEMA_VERSION))
-                except IntegrityError:
-                    pass
-            elif found > SCHEMA_VERSION:
-                raise LedgerError(
-                    f"{self.url}: ledger schema version {found} is newer than this "
-                    f"cosfail's {SCHEMA_VERSION}: upgrade cosfail"
-                )
-        if found == 1:
-            with self.engine.begin() as conn:
-                # Claiming the version row first makes one process of several that
-                # start on an old ledger the one that upgrades it; the rest wait here.
-                if conn.execute(update(schema_version).where(schema_version.c.version == 1)
-                                .values(version=2)).rowcount:
-                    upgrade_1_to_2(conn)
+        migrate.check(self.engine)
 
     @contextmanager
     def tx(self) -> Iterator[Connection]:
@@ -454,14 +432,7 @@ class Ledger:
     # ----- snapshot catalog ----------------------------------------------------------
     def record_snapshot(self, **values: Any) -> None:
         with self.tx() as conn:
-            exists = conn.execute(select(snapshots.c.file).where(
-                snapshots.c.bcs == values["bcs"], snapshots.c.file == values["file"])).first()
-            if exists:
-                conn.execute(update(snapshots).where(
-                    snapshots.c.bcs == values["bcs"], snapshots.c.file == values["file"]
-                ).values(**values))
-            else:
-                conn.execute(insert(snapshots).values(**values))
+            _upsert(conn, snapshots, values)
 
     def mark_pruned(self, bcs: str, files: list[str]) -> None:
         if not files:

@@ -1,38 +1,27 @@
-"""The ledger's schema: its tables, the states they hold, and the upgrade from schema 1.
+"""The ledger's schema: its tables and the states they hold.
 
-`workflows.ledger` reads and writes them; this module only declares them.
+`workflows.ledger` reads and writes them; this module only declares them, as the
+newest migration (workflows/migrations, `migrate.HEAD`) leaves them.
 """
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass
 from typing import Any
 
 from sqlalchemy import (
     Boolean,
     Column,
-    Connection,
     Float,
     Integer,
     MetaData,
     String,
     Table,
     Text,
-    insert,
-    select,
-    text,
-    update,
 )
-
-# 2: `hosting` (who hosts each server's objects, by epoch) and `runs.subject`.
-SCHEMA_VERSION = 2
 
 metadata = MetaData()
 
-schema_version = Table(
-    "schema_version", metadata, Column("version", Integer, primary_key=True)
-)
 runs = Table(
     "runs",
     metadata,
@@ -168,33 +157,3 @@ class StepRow:
 
 
 HOSTING_MOVES = ("failover", "switchover", "failback")
-
-
-def run_subject(workflow: str, params: dict[str, Any]) -> str | None:
-    """The node a run of schema 1 concerned, from its parameters. A failback's
-    `server` there named the BCS it moved hosting from; its subject is the server."""
-    plan = params.get("plan") or {}
-    if workflow == "failback":
-        return plan.get("bcs")
-    return (params.get("request") or {}).get("server") or params.get("server") \
-        or params.get("node")
-
-
-def upgrade_1_to_2(conn: Connection) -> None:
-    """Give every run its subject and fill `hosting` from the succeeded hosting moves,
-    which schema 1 kept only in runs' parameters."""
-    conn.execute(text("ALTER TABLE runs ADD COLUMN subject VARCHAR(40)"))
-    conn.execute(text("CREATE INDEX ix_runs_subject ON runs (subject)"))
-    rows = conn.execute(select(runs.c.id, runs.c.workflow, runs.c.params, runs.c.state,
-                               runs.c.created_at, runs.c.finished_at)
-                        .order_by(runs.c.created_at)).all()
-    for r in rows:
-        params = json.loads(r.params)
-        conn.execute(update(runs).where(runs.c.id == r.id)
-                     .values(subject=run_subject(r.workflow, params)))
-        plan = params.get("plan") or {}
-        if r.workflow in HOSTING_MOVES and r.state == SUCCEEDED and plan.get("bcs"):
-            conn.execute(insert(hosting).values(
-                epoch=plan["epoch_after"], server=run_subject(r.workflow, params),
-                moved_from=plan["server"], hosted_by=plan["bcs"], run_id=r.id,
-                since=r.finished_at or r.created_at))

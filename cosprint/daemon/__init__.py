@@ -1,10 +1,10 @@
 """`cosprintd`: the reference COSprint service, one real process per node.
 
-It serves HTTP on 127.0.0.1:<node.port>, accepts print jobs into its spool, prints them
-into per-printer sink files, and forwards jobs for queues other nodes host. Its role is
-decided from the node's designation file *and* the authoritative state in the ledger: a
-node whose epoch is older than the domain's never acts as master (docs/architecture.md,
-invariant 2).
+It serves HTTP on its host's address (127.0.0.1 for `host = "localhost"`) and
+`node.port`, accepts print jobs into its spool, prints them into per-printer sink files,
+and forwards jobs for queues other nodes host. Its role is decided from the node's
+designation file *and* the authoritative state in the ledger: a node whose epoch is
+older than the domain's never acts as master (docs/architecture.md, invariant 2).
 That decision is re-made before every act that matters (accepting or printing a job,
 claiming a printing role in /status), not only on a timer, so split brain is impossible
 by construction rather than by timing.

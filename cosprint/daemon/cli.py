@@ -52,12 +52,12 @@ def _release_pidfile(path: Path) -> None:
         path.unlink(missing_ok=True)
 
 
-def _bind(service: Service, port: int) -> CosprintServer:
+def _bind(service: Service, address: str, port: int) -> CosprintServer:
     try:
-        return CosprintServer(service, port)  # binds now: a busy port fails fast
+        return CosprintServer(service, address, port)  # binds now: a busy port fails fast
     except OSError as exc:
         raise DriverError(
-            f"node {service.node}: cannot listen on 127.0.0.1:{port}: {exc.strerror or exc}"
+            f"node {service.node}: cannot listen on {address}:{port}: {exc.strerror or exc}"
         ) from None
 
 
@@ -83,7 +83,7 @@ def serve(settings: Settings, ready_fd: int | None = None) -> int:
     stop = threading.Event()
     _refuse_if_running(pidfile, settings)
     service = Service(settings, stop)
-    server = _bind(service, port)
+    server = _bind(service, settings.listen, port)
     try:
         # Written only once the port is ours: of two racing starts, the loser never
         # touches the winner's pidfile.
@@ -91,7 +91,8 @@ def serve(settings: Settings, ready_fd: int | None = None) -> int:
         service.spool.mkdir(parents=True, exist_ok=True)
         service.load_printed()
         state = service.keeper.refresh(recount=True)  # decided before the first answer
-        log.info("started on 127.0.0.1:%d as %s: %s", port, state.role, state.reason)
+        log.info("started on %s:%d as %s: %s", settings.listen, port, state.role,
+                 state.reason)
         threads = [
             threading.Thread(target=server.serve_until_stopped, name="http", daemon=True),
             threading.Thread(target=service.keeper.run, args=(stop,), name="role", daemon=True),

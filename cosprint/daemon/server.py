@@ -1,4 +1,4 @@
-"""The service's HTTP interface on 127.0.0.1:<node.port>: GET /status and /jobs, POST
+"""The service's HTTP interface on <its host's address>:<node.port>: GET /status and /jobs, POST
 /jobs."""
 
 from __future__ import annotations
@@ -94,10 +94,10 @@ class CosprintServer(ThreadingHTTPServer):
     daemon_threads = False  # a graceful stop lets in-flight requests finish
     block_on_close = True
 
-    def __init__(self, service: Service, port: int) -> None:
+    def __init__(self, service: Service, address: str, port: int) -> None:
         self.service = service
         self._wake_r, self._wake_w = os.pipe()  # first: a failed bind calls server_close()
-        super().__init__(("127.0.0.1", port), Handler)
+        super().__init__((address, port), Handler)
 
     def server_bind(self) -> None:
         # HTTPServer's own also looks up the address's FQDN (a resolver round trip, tens

@@ -29,6 +29,7 @@ class Settings:
     tables: str
     ledger: str
     peers: dict[str, str]  # node name -> its service URL
+    listen: str = "127.0.0.1"  # the address it serves on: its host's own
 
     @classmethod
     def from_json(cls, raw: bytes) -> Settings:
@@ -52,6 +53,7 @@ class Settings:
                 tables=str(d["tables"]),
                 ledger=str(d["ledger"]),
                 peers={str(k): str(v) for k, v in peers.items()},
+                listen=str(d.get("listen", "127.0.0.1")),
             )
         except (ValueError, KeyError, TypeError, AttributeError) as exc:
             raise CosfailError(f"malformed settings: {type(exc).__name__} {exc}") from None
