@@ -101,7 +101,10 @@ class LocalPostgres:
                 "-t", str(int(timeout)), "-o",
                 # fsync off: a lab server, lost only with the machine itself (pg_ctl's
                 # "immediate" stop, the crash the tests make, loses nothing)
-                f"-p {self.port} -h {self.host} -k {self.workdir} -c fsync=off", "start")
+                # no Unix socket: every client comes over TCP, and a socket's path (at
+                # most 107 bytes) under a deep work dir would stop the server at start
+                f"-p {self.port} -h {self.host} -c unix_socket_directories='' "
+                "-c fsync=off", "start")
         except PostgresError as e:
             raise PostgresError(f"{e} ({self.log}: {self._last_logged()})") from None
 
@@ -111,7 +114,8 @@ class LocalPostgres:
             lines = self.log.read_text(errors="replace").strip().splitlines()
         except OSError as e:
             return f"unreadable: {e.strerror}"
-        return lines[-1] if lines else "empty"
+        fatal = [line for line in lines if " FATAL: " in line or " PANIC: " in line]
+        return (fatal or lines or ["empty"])[-1]
 
     def stop(self, mode: str = "fast", check: bool = True) -> None:
         """`mode` is pg_ctl's: "fast" (roll back, disconnect) or "immediate" (a crash)."""
