@@ -118,6 +118,7 @@ class LoopbackRedis:
             return s.recv(64)
 
     def start(self, timeout: float = 10.0) -> None:
+        self.workdir.mkdir(parents=True, exist_ok=True)  # redis-server exits without it
         self.proc = subprocess.Popen(  # noqa: S603 - argument list, no shell
             redis_argv(self.port, self.workdir),
             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
