@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import subprocess
 import sys
 import tempfile
@@ -49,6 +50,7 @@ class Site:
         self.kind = kind
         self.domain = load_domain(path)
         self.local = LocalDomain(self.domain)
+        configure(self.domain)  # first: `up` pings the workers through this broker
         self.local.up(with_services=False)  # a lab's hosts first: the ledger is on one
         self.engine = Engine(self.domain)
 
@@ -99,7 +101,6 @@ def serve(kind: str, base: Path, objects: int, broker: str | None) -> None:
     per site: a process's Celery app keeps the broker it first used."""
     site = Site(base, kind, objects, broker)
     try:
-        configure(site.domain)
         site.run(BACKUP, BackupRequest())
         print(json.dumps({"ready": kind}), flush=True)
         for line in sys.stdin:
@@ -158,7 +159,8 @@ def measure(objects: int, repeats: int) -> dict[str, Any]:
             child.close()
         redis.stop()
     medians = {k: {w: median([r[w] for r in rounds[k]]) for w in rounds[k][0]} for k in KINDS}
-    return {**run_header(repeats), "objects": objects, "rounds": rounds, "median_ms": medians,
+    return {**run_header(repeats), "loadavg_end": os.getloadavg(), "objects": objects,
+            "rounds": rounds, "median_ms": medians,
             "ratio": {w: round(medians["hosts"][w] / medians["loopback"][w], 2)
                       for w in medians["hosts"]}}
 
