@@ -141,6 +141,7 @@ class Child:
 
 def measure(objects: int, repeats: int) -> dict[str, Any]:
     require_root("bench.hosts")
+    header = run_header(repeats)
     base = Path(tempfile.mkdtemp(prefix="cosfail-bench-hosts-"))
     redis = LoopbackRedis(base / "redis")
     redis.start()
@@ -159,7 +160,7 @@ def measure(objects: int, repeats: int) -> dict[str, Any]:
             child.close()
         redis.stop()
     medians = {k: {w: median([r[w] for r in rounds[k]]) for w in rounds[k][0]} for k in KINDS}
-    return {**run_header(repeats), "loadavg_end": os.getloadavg(), "objects": objects,
+    return {**header, "loadavg_end": os.getloadavg(), "objects": objects,
             "rounds": rounds, "median_ms": medians,
             "ratio": {w: round(medians["hosts"][w] / medians["loopback"][w], 2)
                       for w in medians["hosts"]}}
