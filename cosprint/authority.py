@@ -37,6 +37,17 @@ domain_state = Table(
     Column("updated_at", Float, nullable=False),
 )
 
+# Each printing node's lease (cosprint/lease.py): times by the database server's clock.
+serving_lease = Table(
+    "serving_lease",
+    metadata,
+    Column("domain", String(40), primary_key=True),
+    Column("node", String(40), primary_key=True),
+    Column("epoch", Integer, nullable=False),
+    Column("renewed_at", Float, nullable=False),
+    Column("expires_at", Float, nullable=False),
+)
+
 
 def read(engine: Engine, domain: str) -> Designation | None:
     # The same SQL as cosprintd's, which runs it without SQLAlchemy on SQLite.

@@ -13,6 +13,7 @@ import tomllib
 from pathlib import Path
 from typing import Any, Literal
 
+from cosfail.cosprint import lease
 from cosfail.cosprint.errors import DomainFileError, UnknownNodeError
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
@@ -91,6 +92,21 @@ class Detect(_Strict):
     notify_command: list[str] = []  # argv, no shell; {node} and {state} substituted
 
 
+class Lease(_Strict):
+    """`[lease]`: how long a printing node prints on when it cannot read the ledger
+    (cosprint/lease.py; docs/architecture.md, "Leases")."""
+
+    ttl: float = lease.DEFAULT_TTL
+    failsafe: bool = True  # past the lease, while every peer confirms it (Patroni's rule)
+
+    @field_validator("ttl")
+    @classmethod
+    def _keeps_the_invariant(cls, v: float) -> float:
+        if why := lease.ttl_problem(v):
+            raise ValueError(why)
+        return v
+
+
 class Node(_Strict):
     name: str
     role: Role
@@ -124,6 +140,7 @@ class DomainFile(_Strict):
     coverage: list[Coverage] = []
     hooks: Hooks = Hooks()
     detect: Detect = Detect()
+    lease: Lease = Lease()
 
 
 def _check_name(v: str) -> str:
@@ -227,6 +244,7 @@ class Domain:
             "tables": self.tables_url(name),
             "ledger": self.ledger_url,
             "peers": {n: self.service_url(n) for n in self.nodes},
+            "lease": {"ttl": self.spec.lease.ttl, "failsafe": self.spec.lease.failsafe},
         }
 
 

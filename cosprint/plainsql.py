@@ -86,6 +86,22 @@ class Database:
             return None
         return Path(u.database).absolute()
 
+    @property
+    def dialect(self) -> str:
+        """`sqlite` or SQLAlchemy's name of the other database (`postgresql`)."""
+        return "sqlite" if self._engine is None else str(self._engine.dialect.name)
+
+    def execute(self, sql: str, params: dict[str, Any]) -> int:
+        """Run one write in its own transaction; the number of rows it touched."""
+        if self._engine is not None:
+            from sqlalchemy import text
+
+            with self._engine.begin() as conn:
+                return int(conn.execute(text(sql), params).rowcount)
+        uri = f"{self._file.as_uri()}?mode=rw"  # type: ignore[union-attr]
+        with closing(sqlite3.connect(uri, uri=True, timeout=self.timeout)) as conn, conn:
+            return conn.execute(sql, params).rowcount
+
     def first(self, sql: str, params: dict[str, Any]) -> tuple[Any, ...] | None:
         """The first row of `sql`, None if it has none."""
         if self._engine is not None:

@@ -10,6 +10,7 @@ import os
 import signal
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 
@@ -17,6 +18,7 @@ import pytest
 from conftest import Cluster, run_cli
 from cosfail.cosprint import tables
 from cosfail.cosprint.domain import load_domain
+from cosfail.cosprint.errors import DriverError
 from cosfail.launcher import hosts
 from cosfail.launcher.demo_domain import init_demo
 from cosfail.launcher.local import LocalDomain
@@ -135,14 +137,49 @@ def test_a_domain_of_hosts_runs_the_whole_story_on_postgresql_over_sftp_through_
     assert c.hosted("cl3") == {"srv1": 1000}
 
 
-def test_a_server_cut_from_the_control_host_is_reported_down_and_failed_over_across_the_cut(
+class Sender:
+    """Sends a job for `queue` to `node`'s COSprint every 200 ms; keeps when each was
+    accepted and by whom."""
+
+    def __init__(self, cluster: Cluster, node: str, queue: str) -> None:
+        self.driver = cluster.driver(node)
+        self.node, self.queue = node, queue
+        self.answers: list[tuple[float, int, dict]] = []  # type: ignore[type-arg]
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+
+    def _run(self) -> None:
+        n = 0
+        while not self._stop.wait(0.2):
+            n += 1
+            try:
+                code, answer = self.driver.submit(self.queue, "page", f"via-{self.node}-{n}")
+            except DriverError as exc:  # its COSprint is stopped (the failover restarts it)
+                code, answer = 0, {"error": str(exc)}
+            self.answers.append((time.monotonic(), code, answer))
+
+    def __enter__(self) -> Sender:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        self._thread.join()
+
+    def accepted_by(self, node: str) -> list[float]:
+        return [t for t, code, a in self.answers if code == 202 and a.get("printed_by") == node]
+
+
+def test_a_server_cut_from_the_control_host_stops_on_its_lease_before_its_bcs_serves(
         host_cluster):
-    """What cosfail does today when srv1 and the control host lose each other, seen from
-    the control host: srv1, still running, stops printing (it cannot verify its authority),
-    is reported down, and a failover to bcs1 completes without fencing it. After the
-    heal srv1 knows it is stale and refuses the jobs it used to host."""
+    """srv1 and the control host lose each other; srv1's clients still reach it. srv1
+    prints on its lease, gets no failsafe (its peers read the ledger), and stops within
+    ttl + 1 s. A failover from the control host, started at once, cannot fence srv1,
+    waits its lease out, and bcs1 accepts srv1's queues only after srv1's last
+    acceptance. After the heal srv1 knows it is stale and refuses its old queues."""
     c = host_cluster
     domain, lab = c.domain, c.local.lab
+    ttl = domain.spec.lease.ttl
     on_control = lab.netns_exec(hosts.CONTROL)
     c.settle()
     c.backup()
@@ -152,28 +189,37 @@ def test_a_server_cut_from_the_control_host_is_reported_down_and_failed_over_acr
     srv1 = c.driver("srv1")
     assert srv1.submit(queue, "page", "before-cut")[0] == 202
 
-    hosts.cut(lab, "srv1", hosts.CONTROL, both=True)
-    try:
-        code, answer = srv1.submit(queue, "page", "during-cut")
-        assert code == 503 and "cannot verify" in answer["error"], (code, answer)
-        seen = run_cli("status", "--json", "-d", str(domain.path), on=on_control)
-        [row] = [n for n in json.loads(seen.stdout)["nodes"] if n["name"] == "srv1"]
-        assert (row["worker"], row["cosprint"]) == ("down", "down"), row
+    with Sender(c, "srv1", queue) as to_srv1, Sender(c, "bcs1", queue) as to_bcs1:
+        time.sleep(1)
+        hosts.cut(lab, "srv1", hosts.CONTROL, both=True)
+        cut = time.monotonic()
+        try:
+            seen = run_cli("status", "--json", "-d", str(domain.path), on=on_control)
+            [row] = [n for n in json.loads(seen.stdout)["nodes"] if n["name"] == "srv1"]
+            assert (row["worker"], row["cosprint"]) == ("down", "down"), row
+            done = run_cli("failover", "srv1", "--to", "bcs1", "--yes", "--wait", "--json",
+                           "-d", str(domain.path), on=on_control)
+            failover = json.loads(done.stdout)
+            assert failover["state"] == "succeeded", done.stderr
+            time.sleep(1)
+        finally:
+            hosts.heal(lab, "srv1", hosts.CONTROL, both=True)
+    steps = {s["name"]: s for s in failover["steps"]}
+    assert steps["fence_server"]["outcome"].startswith("srv1 not fenced"), steps
+    assert steps["wait_out_lease"]["outcome"].startswith("waited "), steps
+    assert c.authority().master == "bcs1"
 
-        done = run_cli("failover", "srv1", "--to", "bcs1", "--yes", "--wait", "--json",
-                       "-d", str(domain.path), on=on_control)
-        failover = json.loads(done.stdout)
-        assert failover["state"] == "succeeded", done.stderr
-        fence = next(s for s in failover["steps"] if s["name"] == "fence_server")
-        assert fence["outcome"].startswith("srv1 not fenced"), fence
-        assert lab.host("srv1").address in fence["outcome"], fence
-        assert c.authority().master == "bcs1"
-        assert c.driver("bcs1").submit(queue, "page", "after-failover")[0] == 202
-    finally:
-        hosts.heal(lab, "srv1", hosts.CONTROL, both=True)
+    by_srv1 = to_srv1.accepted_by("srv1") + to_bcs1.accepted_by("srv1")
+    by_bcs1 = to_srv1.accepted_by("bcs1") + to_bcs1.accepted_by("bcs1")
+    assert by_srv1 and by_bcs1, (to_srv1.answers[-3:], to_bcs1.answers[-3:])
+    assert max(by_srv1) < min(by_bcs1)  # never both
+    assert max(by_srv1) - cut <= ttl + 1
+    refused = [a for t, code, a in to_srv1.answers if t > max(by_srv1) and code == 503]
+    assert any("lease ended, no failsafe (" in a.get("error", "") for a in refused), refused
+
     deadline = time.time() + 30
     while (code_answer := srv1.submit(queue, "page", "after-heal"))[0] == 503 \
-            and "cannot verify" in code_answer[1].get("error", ""):
+            and "ledger unreadable" in code_answer[1].get("error", ""):
         assert time.time() < deadline, code_answer
         time.sleep(0.2)
     assert code_answer[1].get("printed_by") != "srv1", code_answer

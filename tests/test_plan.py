@@ -325,13 +325,14 @@ def test_the_failover_chain_fences_stops_restores_rehosts_and_restarts_under_the
     stages = failover_stages(DOMAIN, p, RUN, AT)
     assert chain(stages, FAILOVER.epoch(p)) == [
         ("take_lock", "", 4), ("advance_epoch", "", 5), ("fence_server", "", 5),
-        ("stop_cosprint", OTHERS, 5), ("restore_snapshot", "bcs1", 5),
-        ("rehost_objects", "bcs1", 5), ("publish_tables", "bcs1", 5),
-        ("repoint_and_start", OTHERS, 5), ("verify", "", 5)]
+        ("stop_cosprint", OTHERS, 5), ("wait_out_lease", "", 5),
+        ("restore_snapshot", "bcs1", 5), ("rehost_objects", "bcs1", 5),
+        ("publish_tables", "bcs1", 5), ("repoint_and_start", OTHERS, 5), ("verify", "", 5)]
     advance = stages[1].input
     assert (advance.server, advance.moved_from, advance.hosted_by) == ("srv1", "srv1", "bcs1")
-    assert stages[4].input.candidates == ["b1.snap"]
-    assert {i.file for i in stages[7].inputs.values()} == {stages[6].input.file}
+    assert (stages[4].input.server, stages[4].input.bcs) == ("srv1", "bcs1")
+    assert stages[5].input.candidates == ["b1.snap"]
+    assert {i.file for i in stages[8].inputs.values()} == {stages[7].input.file}
 
 
 def test_a_failover_with_spool_and_replayed_moves_adds_those_steps_in_place():
@@ -340,7 +341,8 @@ def test_a_failover_with_spool_and_replayed_moves_adds_those_steps_in_place():
                       NOW, moves=[(4, "srv2", "bcs3")])
     assert isinstance(p, FailoverPlan), p
     steps = [(name, node) for name, node, _ in chain(failover_stages(DOMAIN, p, RUN, AT), 4)]
-    assert steps[3:8] == [("stop_cosprint", OTHERS), ("copy_spool", "bcs1"),
+    assert steps[3:9] == [("stop_cosprint", OTHERS), ("wait_out_lease", ""),
+                          ("copy_spool", "bcs1"),
                           ("restore_snapshot", "bcs1"), ("rehost_objects", "bcs1"),
                           ("rehost_objects", "bcs1")]
     assert [(st.input.old_host, st.input.new_host)
@@ -355,7 +357,7 @@ def test_the_switchover_chain_ships_fresh_tables_then_reclaims_the_source():
     assert chain(stages, SWITCHOVER.epoch(p)) == [
         ("take_lock", "", 4), ("stop_cosprint", "srv1", 4), ("export_tables", "srv1", 4),
         ("ship_snapshot", "bcs2", 4), ("verify_snapshot", "bcs2", 4),
-        ("advance_epoch", "", 5), ("stop_cosprint", others, 5),
+        ("advance_epoch", "", 5), ("stop_cosprint", others, 5), ("wait_out_lease", "", 5),
         ("restore_snapshot", "bcs2", 5), ("rehost_objects", "bcs2", 5),
         ("publish_tables", "bcs2", 5), ("repoint_and_start", others, 5), ("verify", "", 5),
         ("stop_cosprint", "srv1", 5), ("set_aside_data", "srv1", 5),
@@ -364,8 +366,8 @@ def test_the_switchover_chain_ships_fresh_tables_then_reclaims_the_source():
         ("verify", "", 5)]
     fresh = stages[2].input.file
     assert fresh == f"unit-e4-20010909T014640-{RUN}.snap"
-    assert stages[7].input.candidates == [fresh]
-    assert stages[13].input.epoch == 4  # srv1's obsolete data is set aside under epoch 4
+    assert stages[8].input.candidates == [fresh]
+    assert stages[14].input.epoch == 4  # srv1's obsolete data is set aside under epoch 4
     assert SWITCHOVER.subject(p) == "srv1"
 
 

@@ -3,17 +3,18 @@
 from __future__ import annotations
 
 import subprocess
+import time
 import uuid
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
-from cosfail.cosprint import authority
+from cosfail.cosprint import authority, lease
 from cosfail.cosprint.designation import Designation
 from cosfail.cosprint.drivers import driver_for
 from cosfail.cosprint.errors import CosfailError
 from cosfail.workers import remote
-from cosfail.workers.step import Here, step
-from cosfail.workers.steps import verify_snapshot
+from cosfail.workers.step import Here, Outcome, step
+from cosfail.workers.steps import stop_cosprint, verify_snapshot
 from cosfail.workflows import ledger as L
 from cosfail.workflows.engine import engine
 
@@ -97,26 +98,93 @@ FENCE_TIMEOUT = 30.0
 
 
 @step("failover.fence_server", FenceServer)
-def fence_server(here: Here, arg: FenceServer) -> str:
+def fence_server(here: Here, arg: FenceServer) -> Outcome:
     """Make sure the failed server's COSprint cannot serve: a fence command, else a stop
     over SSH when its node has `[node.ssh]`, else a stop of a COSprint this host can
-    reach. Failure to reach it is reported, not fatal."""
-    node = here.domain.node(arg.server)
+    reach. Failure to reach it is reported, not fatal; the fact `fenced` says whether
+    it is positively down (then no lease need run out before its BCS serves)."""
+    fenced, text = _fence(here, arg.server)
+    return Outcome(text, {"fenced": fenced})
+
+
+def _fence(here: Here, server: str) -> tuple[bool, str]:
+    node = here.domain.node(server)
     if node.fence_command:
-        argv = [a.replace("{node}", arg.server) for a in node.fence_command]
+        argv = [a.replace("{node}", server) for a in node.fence_command]
         done = subprocess.run(argv, capture_output=True, text=True,  # noqa: S603
                               timeout=FENCE_TIMEOUT, check=False)
         if done.returncode != 0:
-            return (f"fence command for {arg.server} exited {done.returncode}: "
-                    f"{done.stderr.strip()[:200]}")
-        return f"fenced {arg.server} with its fence command"
+            return False, (f"fence command for {server} exited {done.returncode}: "
+                           f"{done.stderr.strip()[:200]}")
+        return True, f"fenced {server} with its fence command"
     if node.ssh is not None:  # stop its COSprint on its host, over SSH
-        return remote.fence_cosprint(here.domain, arg.server)
-    driver = driver_for(here.domain, arg.server)
+        text = remote.fence_cosprint(here.domain, server)
+        return text.startswith("fenced"), text
+    driver = driver_for(here.domain, server)
     if node.host == "localhost":
-        return (f"fenced {arg.server}: stopped its COSprint" if driver.stop()
-                else f"{arg.server}'s COSprint was not running: nothing to fence")
-    return f"{arg.server} not fenced: no fence command and its host is not reachable from here"
+        return True, (f"fenced {server}: stopped its COSprint" if driver.stop()
+                      else f"{server}'s COSprint was not running: nothing to fence")
+    return False, (f"{server} not fenced: no fence command and its host is not reachable "
+                   "from here")
+
+
+@dataclass(frozen=True)
+class WaitOutLease:
+    server: str  # the node whose objects move, and whose lease must end first
+    bcs: str  # the node that serves them next
+
+
+class LeaseWaitError(CosfailError):
+    """A failover cannot make sure the old server has stopped serving."""
+
+
+def positively_down(steps: list[L.StepRow], server: str) -> str | None:
+    """How this run made sure `server` serves no more, or None: a fence that confirmed
+    it, or a stop by its own node's worker."""
+    for s in steps:
+        if s.state != L.SUCCEEDED:
+            continue
+        if s.task == fence_server.name and s.facts and s.facts.get("fenced"):
+            return f"fenced ({s.outcome})"
+        if s.task == stop_cosprint.name and s.node == server:
+            return f"its worker stopped it ({s.outcome})"
+    return None
+
+
+def stopped_by_run(steps: list[L.StepRow], node: str) -> bool:
+    return any(s.task == stop_cosprint.name and s.node == node and s.state == L.SUCCEEDED
+               for s in steps)
+
+
+def lease_wait(remaining: float | None, ttl: float, failsafe: bool) -> float:
+    """Seconds to wait, once every COSprint the run could stop is stopped, before the
+    BCS may serve: the server's recorded lease (by the ledger's clock) plus a margin,
+    and with failsafe, any failsafe round it won before its peers stopped."""
+    lease_end = 0.0 if remaining is None else max(0.0, remaining) + lease.margin(ttl)
+    return max(lease_end, lease.failover_wait(ttl) if failsafe else 0.0)
+
+
+@step("failover.wait_out_lease", WaitOutLease)
+def wait_out_lease(here: Here, arg: WaitOutLease) -> str:
+    """Let the server's lease, and any failsafe it holds, run out before the BCS serves,
+    unless the server is positively down (docs/architecture.md, "Leases")."""
+    led = engine().ledger
+    steps = led.steps(here.run_id)
+    how = positively_down(steps, arg.server)
+    if how:
+        return f"no lease to wait out: {arg.server} is down, {how}"
+    spec = here.domain.spec.lease
+    if spec.failsafe and not stopped_by_run(steps, arg.bcs):
+        raise LeaseWaitError(
+            f"{arg.bcs}'s COSprint was not stopped by this run, so {arg.server} could "
+            "still win failsafe rounds: cannot tell when it stops serving")
+    remaining = led.lease_remaining(arg.server)
+    wait = lease_wait(remaining, spec.ttl, spec.failsafe)
+    time.sleep(wait)
+    held = "held no lease" if remaining is None else \
+        f"had {max(0.0, remaining):.1f} s of lease left"
+    return (f"waited {wait:.1f} s for {arg.server} to stop serving: it {held}"
+            + (", and failsafe rounds it won have run out" if spec.failsafe else ""))
 
 
 @dataclass(frozen=True)

@@ -2,7 +2,8 @@
 
 Read top to bottom, `failover_stages` is the chain (docs/architecture.md §2): take the
 domain lock → new epoch, recording who hosts the server's objects → fence the failed
-server → stop COSprint everywhere → (with_spool: copy its pending spool files to the
+server → stop COSprint everywhere → wait until the server has stopped serving (fenced,
+stopped, or its lease run out) → (with_spool: copy its pending spool files to the
 BCS) → restore the snapshot on the BCS → rehost → publish the master's tables → on each
 node, restart-check (it writes the designation, re-points the node's tables) then start
 COSprint → verify → (the operator's post-failover hook). The journal frees the lock as
@@ -38,11 +39,13 @@ from cosfail.workflows.control import (
     LockInput,
     RunHook,
     VerifyFailover,
+    WaitOutLease,
     advance_epoch,
     fence_server,
     run_hook,
     take_lock,
     verify_failover,
+    wait_out_lease,
 )
 from cosfail.workflows.engine import Do, Each, Engine, Stage
 from cosfail.workflows.liveness import probe_all
@@ -88,6 +91,9 @@ def move_hosting(plan: FailoverPlan, owner: str, file: str, fence: bool) -> list
     if fence:
         stages.append(Do(fence_server, FenceServer(server=plan.server)))
     stages.append(Each(stop_cosprint, {n: NoInput() for n in plan.stop}, required=False))
+    # Before the BCS serves, the server has stopped serving: positively, or its lease
+    # and failsafe have run out (docs/architecture.md, "Leases").
+    stages.append(Do(wait_out_lease, WaitOutLease(server=plan.server, bcs=plan.bcs)))
     if plan.with_spool:
         stages.append(Do(copy_spool, CopySpool(source=plan.server), node=plan.bcs))
     if plan.restore:

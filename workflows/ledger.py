@@ -16,7 +16,7 @@ from contextlib import contextmanager
 from functools import cache
 from typing import Any
 
-from cosfail.cosprint import authority
+from cosfail.cosprint import authority, lease
 from cosfail.cosprint.database import open_engine
 from cosfail.cosprint.errors import CosfailError
 from cosfail.workflows import migrate
@@ -57,6 +57,7 @@ from sqlalchemy import (
     insert,
     or_,
     select,
+    text,
     update,
 )
 from sqlalchemy.dialects import postgresql, sqlite
@@ -491,6 +492,14 @@ class Ledger:
         return history[-1]["hosted_by"]
 
     # ----- liveness (the detector's transitions) ---------------------------------------
+    def lease_remaining(self, node: str) -> float | None:
+        """Seconds left on `node`'s serving lease by the ledger server's clock (negative:
+        ended that long ago); None if it never held one."""
+        sql = lease.remaining_sql(self.engine.dialect.name)
+        with self.engine.connect() as conn:
+            row = conn.execute(text(sql), {"domain": self.domain, "node": node}).first()
+        return None if row is None else float(row[0])
+
     def record_liveness(self, node: str, state: str, at: float, prev_state: str | None,
                         unreachable_since: float | None = None,
                         confirmed_by: str | None = None, note: str = "") -> None:

@@ -97,6 +97,8 @@ def serve(settings: Settings, ready_fd: int | None = None) -> int:
             threading.Thread(target=server.serve_until_stopped, name="http", daemon=True),
             threading.Thread(target=service.keeper.run, args=(stop,), name="role", daemon=True),
             threading.Thread(target=service.print_loop, name="printer", daemon=True),
+            threading.Thread(target=service.keeper.keep_lease, args=(stop,), name="lease",
+                             daemon=True),
         ]
         for t in threads:
             t.start()

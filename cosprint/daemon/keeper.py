@@ -5,9 +5,12 @@ from __future__ import annotations
 import logging
 import threading
 import time
-from dataclasses import dataclass, field
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field, replace
+from typing import Any
 
-from cosfail.cosprint import designation, plainsql
+from cosfail.cosprint import designation, lease, plainsql
+from cosfail.cosprint.daemon import peers
 from cosfail.cosprint.daemon.settings import Settings, open_database
 from cosfail.cosprint.designation import Designation
 from cosfail.cosprint.errors import CosfailError
@@ -28,6 +31,7 @@ class RoleState:
     authority: Designation | None
     hosted: int
     read_at: float = field(default=0.0)
+    ledger_error: str | None = None  # why the authority could not be read, at read_at
 
 
 class RoleKeeper:
@@ -38,6 +42,11 @@ class RoleKeeper:
         self.node = settings.node
         self.tables_db = tables_db
         self.ledger = open_database(settings.ledger, LEDGER_TIMEOUT)
+        # Renewals on their own handle: a renewal must give up within RENEW_TIMEOUT.
+        self._lease_db = open_database(settings.ledger, lease.RENEW_TIMEOUT)
+        self._known: Designation | None = None  # the authority as last read
+        self._hold = lease.Hold()
+        self._renewed_at: float | None = None  # wall clock of the last acknowledged renewal
         self._ledger_file = self.ledger.sqlite_path
         self._designation_path = settings.home / designation.DESIGNATION
         self._lock = threading.Lock()
@@ -74,6 +83,8 @@ class RoleKeeper:
             self._hosted = self.count_hosted()
         hosted = self._hosted
         auth, auth_err = self._read_authority()
+        if auth is not None:
+            self._known = auth
         role, reason = decide_role(
             self.node,
             desig,
@@ -82,7 +93,26 @@ class RoleKeeper:
             designation_error=desig_err,
             authority_error=auth_err,
         )
-        return RoleState(role, reason, desig, auth, hosted, read_at)
+        if auth is None and self._known is not None:
+            role, reason = self._without_ledger(desig, hosted, auth_err, role, reason)
+        return RoleState(role, reason, desig, auth, hosted, read_at, auth_err)
+
+    def _without_ledger(self, desig: Designation | None, hosted: int, why: str | None,
+                        role: str, reason: str) -> tuple[str, str]:
+        """The role while the ledger is unreadable: the one the authority as last read
+        gives, as long as the lease or failsafe holds; else `role` (not printing)."""
+        known = self._known
+        assert known is not None
+        known_role, _ = decide_role(self.node, desig, known, hosts_objects=hosted > 0)
+        if known_role not in PRINTING_ROLES:
+            return role, reason
+        holding = lease.serving_without_ledger(self._hold, known.epoch, time.monotonic(),
+                                               self.settings.failsafe)
+        if holding:
+            return known_role, f"{self.node}: ledger unreadable ({why}); {holding}"
+        failsafe = self._hold.failsafe_why if self.settings.failsafe else "failsafe is off"
+        return UNVERIFIED, (f"{self.node}: ledger unreadable ({why}); lease ended, no "
+                            f"failsafe ({failsafe}); not printing")
 
     def refresh(self, recount: bool = False) -> RoleState:
         """Re-read everything now, store the result unless a newer read already won."""
@@ -115,3 +145,91 @@ class RoleKeeper:
         while not stop.wait(TICK):
             ticks += 1
             self.refresh(recount=ticks % RECOUNT_EVERY == 0)
+
+    # ----- the lease (cosprint/lease.py) -----------------------------------------------
+    def keep_lease(self, stop: threading.Event) -> None:
+        """Renew this node's lease every ttl/3 while it prints; when the ledger cannot
+        be reached, ask the peers for failsafe instead. Its own thread: a ledger that
+        hangs must not delay the role checks."""
+        every = lease.renew_every(self.settings.lease_ttl)
+        while True:
+            started = time.monotonic()
+            try:
+                self.renew()
+            except Exception:
+                log.exception("lease renewal failed on %s", self.node)
+            if stop.wait(max(TICK, started + every - time.monotonic())):
+                return
+
+    def renew(self) -> None:
+        """One renewal, or failsafe round when the ledger cannot be reached."""
+        known, state = self._known, self.state
+        if known is None or state.role not in PRINTING_ROLES:
+            return
+        ttl = self.settings.lease_ttl
+        sent = time.monotonic()
+        params = {"domain": self.settings.domain, "node": self.node,
+                  "epoch": known.epoch, "ttl": ttl}
+        try:
+            renewed = self._lease_db.execute(lease.renew_sql(self._lease_db.dialect), params)
+        except Exception as exc:
+            if self.state.ledger_error is None:  # it reads the ledger: prints on that
+                log.warning("lease renewal of %s failed: %s", self.node, exc)
+            elif self.settings.failsafe:  # unreachable: the peers may keep it printing
+                self._failsafe_round(known, self.state.ledger_error)
+            return
+        if renewed:
+            was = self._hold
+            self._hold = replace(was, epoch=known.epoch,
+                                 lease_until=sent + ttl - lease.margin(ttl))
+            self._renewed_at = time.time()
+            if was.failsafe_until > sent:
+                log.warning("ledger reachable again: lease renewed, failsafe over")
+
+    def _failsafe_round(self, known: Designation, why: str) -> None:
+        started = time.monotonic()
+        others = {n: url for n, url in self.settings.peers.items() if n != self.node}
+        question = {"node": self.node, "master": known.master, "epoch": known.epoch}
+        with ThreadPoolExecutor(max_workers=min(16, len(others) or 1)) as pool:
+            answers = dict(zip(others, pool.map(
+                lambda url: _ask(url + "/failsafe", question), others.values()), strict=True))
+        ok, verdict = lease.round_verdict(answers)
+        was = self._hold
+        until = started + lease.failsafe_grant(self.settings.lease_ttl) if ok else 0.0
+        self._hold = replace(was, epoch=known.epoch, failsafe_until=until,
+                             failsafe_why=verdict)
+        if (ok, verdict) != (was.failsafe_until > started, was.failsafe_why):
+            level = logging.WARNING if not ok else logging.INFO
+            log.log(level, "ledger unreachable (%s); failsafe %s: %s", why,
+                    "holds" if ok else "refused", verdict)
+
+    def failsafe_answer(self, master: str, epoch: int, serving: bool) -> str | None:
+        """Why this node will not confirm a peer serving under master@epoch, or None."""
+        state = self.state
+        d = state.designation
+        return lease.failsafe_refusal(
+            master=master, epoch=epoch, mine=(d.master, d.epoch) if d else None,
+            ledger_readable=state.ledger_error is None, serving=serving)
+
+    def lease_status(self) -> dict[str, Any]:
+        now = time.monotonic()
+        hold = self._hold
+        return {
+            "ttl": self.settings.lease_ttl,
+            "epoch": hold.epoch,
+            "left": round(hold.lease_left(now), 2),
+            "renewed_at": self._renewed_at,
+            "failsafe": self.settings.failsafe and now < hold.failsafe_until,
+            "failsafe_why": hold.failsafe_why,
+        }
+
+
+def _ask(url: str, question: dict[str, Any]) -> str | None:
+    """A peer's refusal of failsafe, None if it confirms; no answer is a refusal."""
+    try:
+        code, answer = peers.post_json(url, question, lease.ROUND_TIMEOUT)
+    except peers.Unreachable as exc:
+        return f"no answer ({exc})"
+    if code == 200 and answer.get("confirm") is True:
+        return None
+    return str(answer.get("why") or answer.get("error") or f"HTTP {code}")

@@ -1,5 +1,5 @@
 """The service's HTTP interface on <its host's address>:<node.port>: GET /status and /jobs, POST
-/jobs."""
+/jobs and /failsafe."""
 
 from __future__ import annotations
 
@@ -33,11 +33,14 @@ class Handler(BaseHTTPRequestHandler):
 
     def do_POST(self) -> None:  # noqa: N802
         svc = self.server.service
-        if self.path != "/jobs":
+        if self.path not in ("/jobs", "/failsafe"):
             self.reply(404, {"error": f"{svc.node}: no such path {self.path!r}"})
             return
         body = self.read_json()
         if body is None:
+            return
+        if self.path == "/failsafe":
+            self.reply(*svc.failsafe(body))
             return
         try:
             hops = int(self.headers.get("X-COSprint-Hops", "0"))

@@ -3,8 +3,6 @@ queues other nodes host, and prints its own into per-printer sink files."""
 
 from __future__ import annotations
 
-import functools
-import http.client
 import json
 import logging
 import os
@@ -12,17 +10,15 @@ import re
 import threading
 import time
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from cosfail.cosprint import plainsql
+from cosfail.cosprint.daemon import peers
 from cosfail.cosprint.daemon.keeper import RoleKeeper
 from cosfail.cosprint.daemon.settings import Settings, open_tables
 from cosfail.cosprint.daemon.spool import JOB_SUFFIX, REJECTED_DIR, SINK_DIR, list_spool, spool_job
 from cosfail.cosprint.fsutil import fsync_dir
 from cosfail.cosprint.role import PRINTING_ROLES, UNVERIFIED
-
-if TYPE_CHECKING:
-    import urllib.request
 
 log = logging.getLogger("cosprintd")
 
@@ -31,14 +27,6 @@ FORWARD_TIMEOUT = 5.0
 MAX_HOPS = 3  # forwards between nodes whose tables disagree must not loop forever
 _JOB_ID_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,99}$")
 _UNSAFE_FILENAME = re.compile(r"[^A-Za-z0-9._-]")
-
-
-@functools.cache
-def _opener() -> urllib.request.OpenerDirector:
-    import urllib.request
-
-    # Loopback traffic must never go through an http_proxy from the environment.
-    return urllib.request.build_opener(urllib.request.ProxyHandler({}))
 
 
 class Service:
@@ -88,7 +76,23 @@ class Service:
             "pid": os.getpid(),
             "reason": s.reason,
             "authority": str(s.authority) if s.authority else None,
+            "lease": self.keeper.lease_status(),
         }
+
+    def failsafe(self, body: dict[str, Any]) -> tuple[int, dict[str, Any]]:
+        """A peer that cannot reach the ledger asks whether this node still sees it
+        serving under its master and epoch (docs/architecture.md, "Leases")."""
+        master, epoch, asker = body.get("master"), body.get("epoch"), body.get("node")
+        if not isinstance(master, str) or not isinstance(epoch, int) \
+                or not isinstance(asker, str):
+            return 400, {"error": f"{self.node}: failsafe needs 'node', 'master' (strings) "
+                                  "and 'epoch' (integer)"}
+        serving = self._intake_open and not self.stop_event.is_set()
+        why = self.keeper.failsafe_answer(master, epoch, serving)
+        if why is None:
+            log.warning("failsafe: confirmed %s serving under %s@%d", asker, master, epoch)
+            return 200, {"confirm": True, "node": self.node}
+        return 200, {"confirm": False, "node": self.node, "why": f"{self.node}: {why}"}
 
     def job_counts(self) -> dict[str, Any]:
         return {
@@ -175,26 +179,13 @@ class Service:
                 f"{host!r}, which the domain does not declare"
             }
         url = self.settings.peers[host] + "/jobs"
-        import urllib.error  # at the first forward, not at start: costly imports
-        import urllib.request
-
-        opener = _opener()
-        req = urllib.request.Request(
-            url,
-            data=json.dumps(job).encode(),
-            headers={"Content-Type": "application/json", "X-COSprint-Hops": str(hops + 1)},
-            method="POST",
-        )
         try:
-            with opener.open(req, timeout=FORWARD_TIMEOUT) as resp:
-                code, answer = resp.status, json.loads(resp.read() or b"{}")
-        except urllib.error.HTTPError as exc:
-            code, answer = exc.code, _json_or_text(exc.read())
-        except (OSError, ValueError, http.client.HTTPException) as exc:
-            why = getattr(exc, "reason", exc)
+            code, answer = peers.post_json(url, job, FORWARD_TIMEOUT,
+                                           {"X-COSprint-Hops": str(hops + 1)})
+        except peers.Unreachable as exc:
             return 503, {
                 "error": f"{self.node}: host {host} of queue {job['queue']!r} is "
-                f"unreachable at {url}: {why}",
+                f"unreachable at {url}: {exc}",
                 "retriable": True,
             }
         if code < 300:
@@ -284,11 +275,3 @@ class Service:
         except FileNotFoundError:
             return
         log.error("spool file %s set aside in %s: %s", path.name, dest.parent, why)
-
-
-def _json_or_text(raw: bytes) -> dict[str, Any]:
-    try:
-        answer = json.loads(raw)
-    except ValueError:
-        return {"error": raw.decode(errors="replace")[:500]}
-    return answer if isinstance(answer, dict) else {"error": str(answer)}

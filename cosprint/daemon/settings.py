@@ -10,7 +10,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from cosfail.cosprint import plainsql
+from cosfail.cosprint import lease, plainsql
 from cosfail.cosprint.errors import CosfailError
 
 TABLES_TIMEOUT = 10.0  # seconds an SQLite read waits on a writer's lock
@@ -30,6 +30,8 @@ class Settings:
     ledger: str
     peers: dict[str, str]  # node name -> its service URL
     listen: str = "127.0.0.1"  # the address it serves on: its host's own
+    lease_ttl: float = lease.DEFAULT_TTL
+    failsafe: bool = True
 
     @classmethod
     def from_json(cls, raw: bytes) -> Settings:
@@ -54,6 +56,8 @@ class Settings:
                 ledger=str(d["ledger"]),
                 peers={str(k): str(v) for k, v in peers.items()},
                 listen=str(d.get("listen", "127.0.0.1")),
+                lease_ttl=float(d.get("lease", {}).get("ttl", lease.DEFAULT_TTL)),
+                failsafe=bool(d.get("lease", {}).get("failsafe", True)),
             )
         except (ValueError, KeyError, TypeError, AttributeError) as exc:
             raise CosfailError(f"malformed settings: {type(exc).__name__} {exc}") from None

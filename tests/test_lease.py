@@ -1,0 +1,231 @@
+"""The serving lease: a master prints on through a ledger outage (its lease, then
+failsafe while every peer confirms it), stops when it cannot be sure, and a failover
+waits out the lease of a server it could not stop."""
+
+from __future__ import annotations
+
+import threading
+import time
+from typing import Any
+
+import pytest
+from cosfail.cosprint import lease
+from cosfail.cosprint.domain import DomainFileError, parse_domain
+from cosfail.workers.steps import stop_cosprint
+from cosfail.workflows import ledger as L
+from cosfail.workflows.control import fence_server, lease_wait, positively_down, stopped_by_run
+
+# ----- decisions, without I/O -----------------------------------------------------------
+
+
+def test_the_timings_leave_a_failsafe_round_room_to_renew_before_its_grant_ends():
+    for ttl in (lease.MIN_TTL, lease.DEFAULT_TTL, 30.0, lease.MAX_TTL):
+        # the next round starts renew_every later, after a renewal that may time out,
+        # and must have its answers before this grant ends
+        next_answered = lease.renew_every(ttl) + lease.RENEW_TIMEOUT + lease.ROUND_TIMEOUT
+        assert lease.failsafe_grant(ttl) > next_answered
+        assert lease.failover_wait(ttl) > lease.failsafe_grant(ttl)
+        assert 0 < lease.margin(ttl) < lease.renew_every(ttl)
+
+
+@pytest.mark.parametrize("ttl", [0, 4.9, 300.1, -1])
+def test_a_ttl_that_breaks_the_invariant_is_refused_naming_the_file(ttl, tmp_path):
+    raw = {"node": [{"name": "srv1", "role": "server", "home": "h", "port": 1, "master": True},
+                    {"name": "bcs1", "role": "bcs", "home": "b", "port": 2}],
+           "coverage": [{"bcs": "bcs1", "servers": ["srv1"]}], "lease": {"ttl": ttl}}
+    with pytest.raises(DomainFileError) as refused:
+        parse_domain(raw, tmp_path / "domain.toml")
+    assert str(refused.value).startswith(f"{tmp_path / 'domain.toml'}: lease.ttl: ttl ")
+    assert "outside 5..300 s" in str(refused.value)
+
+
+def test_a_node_prints_without_the_ledger_only_on_a_lease_or_a_failsafe_round_of_its_epoch():
+    hold = lease.Hold(epoch=3, lease_until=10.0, failsafe_until=20.0,
+                      failsafe_why="all 3 peers confirm")
+    assert lease.serving_without_ledger(hold, 3, 9.9, failsafe=True) == "printing on its lease"
+    assert lease.serving_without_ledger(hold, 3, 15.0, failsafe=True) == \
+        "printing in failsafe: all 3 peers confirm"
+    assert lease.serving_without_ledger(hold, 3, 15.0, failsafe=False) is None
+    assert lease.serving_without_ledger(hold, 3, 20.0, failsafe=True) is None
+    assert lease.serving_without_ledger(hold, 4, 1.0, failsafe=True) is None  # other epoch
+
+
+def test_a_peer_confirms_failsafe_only_when_it_too_is_cut_off_and_sees_the_same_master():
+    def ask(**kw: Any) -> str | None:
+        args = {"master": "srv1", "epoch": 3, "mine": ("srv1", 3),
+                "ledger_readable": False, "serving": True, **kw}
+        return lease.failsafe_refusal(**args)
+
+    assert ask() is None
+    assert ask(serving=False) == "stopping"
+    assert ask(ledger_readable=True) == "it reads the ledger"
+    assert ask(mine=None) == "its designation is unknown"
+    assert ask(mine=("bcs1", 4)) == "it sees bcs1@4, not srv1@3"
+    assert ask(epoch=2) == "it sees srv1@3, not srv1@2"
+
+
+def test_one_refusal_or_silence_ends_a_failsafe_round():
+    assert lease.round_verdict({"bcs1": None, "cl1": None}) == (True, "all 2 peers confirm")
+    ok, why = lease.round_verdict({"bcs1": None, "cl1": "no answer (timed out)",
+                                   "cl2": "cl2: stopping"})
+    assert not ok and why == "cl1 refused: no answer (timed out) (and 1 more)"
+
+
+def step_row(task: str, node: str, state: str = L.SUCCEEDED, outcome: str = "",
+             facts: dict[str, Any] | None = None) -> L.StepRow:
+    return L.StepRow(run_id="r", idx=0, node=node, name=task.rsplit(".", 1)[-1], task=task,
+                     queue="", envelope={}, input={}, member=node != "", required=True,
+                     state=state, attempt=1, task_id=None, worker=None, queued_at=None,
+                     started_at=None, finished_at=None, outcome=outcome, facts=facts,
+                     error=None)
+
+
+def test_a_server_counts_as_down_only_when_fenced_or_stopped_by_its_own_worker():
+    fenced = step_row(fence_server.name, "", outcome="fenced srv1 over SSH",
+                      facts={"fenced": True})
+    not_fenced = step_row(fence_server.name, "", outcome="srv1 not fenced: no route",
+                          facts={"fenced": False})
+    stopped = step_row(stop_cosprint.name, "srv1", outcome="stopped COSprint on srv1")
+    skipped = step_row(stop_cosprint.name, "srv1", state=L.SKIPPED)
+    assert positively_down([fenced], "srv1") == "fenced (fenced srv1 over SSH)"
+    assert positively_down([stopped], "srv1") == \
+        "its worker stopped it (stopped COSprint on srv1)"
+    assert positively_down([not_fenced, skipped], "srv1") is None
+    assert positively_down([step_row(stop_cosprint.name, "bcs1")], "srv1") is None
+    assert stopped_by_run([step_row(stop_cosprint.name, "bcs1")], "bcs1")
+    assert not stopped_by_run([skipped], "srv1")
+
+
+def test_the_failover_waits_the_recorded_lease_and_any_failsafe_round_out():
+    ttl = 10.0
+    assert lease_wait(None, ttl, failsafe=False) == 0.0
+    assert lease_wait(-3.0, ttl, failsafe=False) == lease.margin(ttl)
+    assert lease_wait(7.0, ttl, failsafe=False) == 7.0 + lease.margin(ttl)
+    assert lease_wait(None, ttl, failsafe=True) == lease.failover_wait(ttl)
+    assert lease_wait(9.5, ttl, failsafe=True) == 9.5 + lease.margin(ttl)
+
+
+# ----- real cosprintd processes, a real ledger going away ------------------------------
+
+TTL = 5.0
+
+
+class Client:
+    """Sends a job every 200 ms to srv1 for one of its queues, and keeps every answer."""
+
+    def __init__(self, cluster: Any, queue: str) -> None:
+        self.srv1 = cluster.driver("srv1")
+        self.queue = queue
+        self.answers: list[tuple[float, int, dict[str, Any]]] = []
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+
+    def _run(self) -> None:
+        n = 0
+        while not self._stop.wait(0.2):
+            n += 1
+            code, answer = self.srv1.submit(self.queue, "page", job_id=f"lease-{n:04d}")
+            self.answers.append((time.monotonic(), code, answer))
+
+    def __enter__(self) -> Client:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        self._thread.join()
+
+    def refused(self) -> list[tuple[float, int, dict[str, Any]]]:
+        return [a for a in self.answers if a[1] != 202]
+
+
+@pytest.fixture
+def leased(make_cluster):  # type: ignore[no-untyped-def]
+    """srv1 master, bcs1, cl1, cl2 up with a 5 s lease, srv1 holding it."""
+    c = make_cluster(up=False, objects=20)
+    c.amend_domain(append=f"\n[lease]\nttl = {TTL}\n")
+    c.up()
+    c.settle()
+    deadline = time.time() + 10
+    while (c.ledger.lease_remaining("srv1") or 0) <= 0:
+        assert time.time() < deadline, "srv1 never renewed its lease"
+        time.sleep(0.1)
+    return c
+
+
+class LedgerAway:
+    """Makes the domain's ledger unreachable for every node: the SQLite file moved
+    aside, or the tests' PostgreSQL server stopped."""
+
+    def __init__(self, cluster: Any, request: pytest.FixtureRequest) -> None:
+        self.url = cluster.domain.ledger_url
+        self.request = request
+        self.file = cluster.domain.base / "ledger.db"
+
+    def __enter__(self) -> LedgerAway:
+        if self.url.startswith("sqlite"):
+            self.file.rename(self.file.with_name("ledger.db.away"))
+        else:
+            self.request.getfixturevalue("postgres_server").stop()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        if self.url.startswith("sqlite"):
+            self.file.with_name("ledger.db.away").rename(self.file)
+        else:
+            self.request.getfixturevalue("postgres_server").start()
+
+
+def srv1_queue(cluster: Any) -> str:
+    return next(q for q in (f"q-srv1-{i:04d}" for i in range(1, 21))
+                if cluster.driver("srv1").submit(q, "probe")[0] == 202)
+
+
+def test_printing_goes_on_through_a_ledger_outage_of_two_ttls_in_failsafe(leased, request):
+    c = leased
+    queue = srv1_queue(c)
+    srv1 = c.driver("srv1")
+    with Client(c, queue) as client:
+        time.sleep(1.0)
+        with LedgerAway(c, request):
+            time.sleep(TTL + 1)
+            during = srv1.report()
+            time.sleep(TTL - 1)
+        back = time.monotonic()
+        while "ledger unreadable" in (srv1.report() or {}).get("reason", "ledger unreadable"):
+            assert time.monotonic() < back + 5, srv1.report()
+            time.sleep(0.05)
+        normal_after = time.monotonic() - back
+        time.sleep(1.0)
+    assert during is not None and during["role"] == "master", during
+    assert "printing in failsafe: all 3 peers confirm" in during["reason"], during
+    assert during["lease"]["failsafe"] is True and during["lease"]["left"] == 0, during
+    assert client.refused() == [], client.refused()[:3]
+    assert len(client.answers) >= 5 * 2 * TTL - 5
+    assert normal_after < 1.0, normal_after
+    ids = [a[2]["job_id"] for a in client.answers]
+    for job_id in (ids[0], ids[len(ids) // 2], ids[-1]):
+        assert c.wait_printed("srv1", job_id), job_id
+    printed = [p["job_id"] for p in c.printed("srv1") if p["job_id"].startswith("lease-")]
+    assert sorted(printed) == sorted(ids)  # every accepted job, each once
+
+
+def test_with_the_ledger_away_and_one_peer_stopped_the_master_refuses_within_ttl(
+        leased, request):
+    c = leased
+    queue = srv1_queue(c)
+    c.driver("cl2").stop()
+    with LedgerAway(c, request), Client(c, queue) as client:  # the client stops first
+        away = time.monotonic()
+        time.sleep(TTL + 2)
+        report = c.driver("srv1").report()
+    refused = client.refused()
+    assert refused, "srv1 never stopped accepting"
+    first = refused[0][0] - away
+    assert first <= TTL + 1, first
+    assert all(a[1] == 202 for a in client.answers if a[0] < refused[0][0])
+    assert all(a[1] == 503 for a in client.answers if a[0] >= refused[0][0])  # for good
+    last = refused[-1][2]
+    assert refused[-1][1] == 503 and last["retriable"] is True, last
+    assert "lease ended, no failsafe (cl2 refused: no answer" in last["error"], last
+    assert report is not None and report["role"] == "unverified", report
