@@ -68,13 +68,19 @@ def follow(eng: Any, run_id: str, console: Console, quiet: bool = False,
 
 
 def status_view(st: dict[str, Any]) -> Table:
+    from rich.markup import escape as e
+
     t = Table("node", "role", "worker", "COSprint", "serving as", "points at", "hosted",
-              title=f"domain {st['domain']}: master {st['master']}, epoch {st['epoch']}")
+              "lease", title=f"domain {st['domain']}: master {st['master']}, epoch {st['epoch']}")
     for n in st["nodes"]:
         up = {"up": "[green]up[/]", "down": "[red]down[/]"}
         note = " [bold red]reclaim needed[/]" if n["reclaim_needed"] else ""
         t.add_row(n["name"], n["role"], up[n["worker"]], up[n["cosprint"]],
-                  (n["serving_as"] or "-") + note, n["points_at"] or "-", str(n["hosted"] or 0))
+                  (n["serving_as"] or "-") + note, n["points_at"] or "-", str(n["hosted"] or 0),
+                  lease_cell(n.get("lease"), n.get("lease_recorded")))
+        if "ledger unreadable" in (n.get("reason") or ""):
+            t.caption = (t.caption + "\n" if t.caption else "") + \
+                f"[yellow]{e(n['name'])}[/]: {e(n['reason'])}"
     for bcs, b in st["backups"].items():
         text = f"{b['file']} ({b['age']:.0f} s old)" if b else "[red]no verified backup[/]"
         t.caption = (t.caption + "\n" if t.caption else "") + f"{bcs}: {text}"
@@ -83,6 +89,19 @@ def status_view(st: dict[str, Any]) -> Table:
     for line in detect_lines(st):
         t.caption = (t.caption + "\n" if t.caption else "") + line
     return t
+
+
+def lease_cell(own: dict[str, Any] | None, recorded: dict[str, Any] | None) -> str:
+    """A node's lease: failsafe, its own count of what is left, else what the ledger
+    recorded (by the ledger server's clock), else none."""
+    if own and own.get("failsafe"):
+        return "[yellow]failsafe[/]"
+    if own and own.get("left"):
+        return f"{own['left']:.1f} s left"
+    if recorded is not None:
+        left = recorded["left"]
+        return f"{left:.1f} s left" if left > 0 else f"ended {-left:.0f} s ago"
+    return "-"
 
 
 def detect_lines(st: dict[str, Any]) -> list[str]:

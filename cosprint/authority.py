@@ -48,6 +48,19 @@ serving_lease = Table(
     Column("expires_at", Float, nullable=False),
 )
 
+# What a node did while it could not reach the ledger, recorded once it could again.
+lease_events = Table(
+    "lease_events",
+    metadata,
+    Column("id", Integer, primary_key=True, autoincrement=True),
+    Column("domain", String(40), nullable=False),
+    Column("node", String(40), nullable=False),
+    Column("epoch", Integer, nullable=False),
+    Column("since", Float, nullable=False),  # the node's own clock, as it reports
+    Column("until", Float, nullable=False),
+    Column("outcome", String(200), nullable=False),
+)
+
 
 def read(engine: Engine, domain: str) -> Designation | None:
     # The same SQL as cosprintd's, which runs it without SQLAlchemy on SQLite.

@@ -31,6 +31,8 @@ class ServiceStatus:
     hosted: int
     up_since: float
     pid: int
+    reason: str = ""  # why it serves in that role
+    lease: dict[str, Any] | None = None  # its serving lease as it counts it (reference)
 
 
 @dataclass(frozen=True)

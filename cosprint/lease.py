@@ -86,6 +86,27 @@ def remaining_sql(dialect: str) -> str:
             "WHERE domain = :domain AND node = :node")
 
 
+RECORD_OUTAGE_SQL = (
+    "INSERT INTO lease_events (domain, node, epoch, since, until, outcome) "
+    "VALUES (:domain, :node, :epoch, :since, :until, :outcome)")
+
+
+@dataclass
+class Outage:
+    """A ledger outage as one node lived it, on its own wall clock."""
+
+    since: float
+    epoch: int
+    failsafe: bool = False  # it printed on failsafe rounds at some point
+    stopped: str = ""  # why it stopped printing, if it did
+
+    def outcome(self) -> str:
+        if self.stopped:
+            return f"stopped printing: {self.stopped}"[:200]
+        return "printed throughout, in failsafe past its lease" if self.failsafe \
+            else "printed throughout on its lease"
+
+
 @dataclass(frozen=True)
 class Hold:
     """What lets a node print without reading the ledger, on its monotonic clock."""

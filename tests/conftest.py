@@ -27,6 +27,7 @@ import pytest
 from cosfail.cosprint import authority, tables
 from cosfail.cosprint.domain import Domain, load_domain
 from cosfail.cosprint.drivers import driver_for
+from cosfail.cosprint.errors import DriverError
 from cosfail.launcher.demo_domain import init_demo
 from cosfail.launcher.hosts import sshd_config
 from cosfail.launcher.local import LocalDomain, LoopbackRedis, free_port, pid_alive
@@ -239,6 +240,43 @@ class Cluster:
 
     def down(self) -> None:
         self.local.down()
+
+
+class JobSender:
+    """`with JobSender(cluster, node, queue):` sends a job for `queue` to `node`'s
+    COSprint every 200 ms, as a print client does, and keeps every answer with its
+    monotonic time; a COSprint that does not answer is recorded as code 0."""
+
+    def __init__(self, cluster: Cluster, node: str, queue: str) -> None:
+        self.driver = cluster.driver(node)
+        self.node, self.queue = node, queue
+        self.answers: list[tuple[float, int, dict]] = []  # type: ignore[type-arg]
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+
+    def _run(self) -> None:
+        n = 0
+        while not self._stop.wait(0.2):
+            n += 1
+            try:
+                code, answer = self.driver.submit(self.queue, "page", f"via-{self.node}-{n:04d}")
+            except DriverError as exc:
+                code, answer = 0, {"error": str(exc)}
+            self.answers.append((time.monotonic(), code, answer))
+
+    def __enter__(self) -> JobSender:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        self._thread.join()
+
+    def refused(self) -> list[tuple[float, int, dict]]:  # type: ignore[type-arg]
+        return [a for a in self.answers if a[1] != 202]
+
+    def accepted_by(self, node: str) -> list[float]:
+        return [t for t, code, a in self.answers if code == 202 and a.get("printed_by") == node]
 
 
 class MasterWatcher:

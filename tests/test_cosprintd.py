@@ -294,6 +294,36 @@ def test_job_submitted_to_a_client_is_forwarded_and_printed_by_the_master(
     assert drivers["cl1"].jobs()["forwarded"] == 1  # type: ignore[index]
 
 
+def post_job(driver: ReferenceDriver, job: dict) -> tuple[int, dict]:  # type: ignore[type-arg]
+    import urllib.error
+    import urllib.request
+
+    req = urllib.request.Request(f"{driver.url}/jobs", data=json.dumps(job).encode(),
+                                 headers={"Content-Type": "application/json"}, method="POST")
+    try:
+        with urllib.request.urlopen(req, timeout=10) as resp:  # noqa: S310 (our own URL)
+            return resp.status, json.loads(resp.read())
+    except urllib.error.HTTPError as exc:
+        return exc.code, json.loads(exc.read())
+
+
+def test_a_job_stamped_with_an_older_epoch_is_refused_and_each_print_names_its_epoch(
+    domain: Domain, drivers: dict[str, ReferenceDriver]
+) -> None:
+    srv = drivers["srv1"]
+    srv.start()
+    code, answer = post_job(srv, {"queue": "q-laser", "job_id": "old-1", "epoch": 0})
+    assert code == 503 and answer["retriable"] is True
+    assert answer["error"] == ("srv1: job old-1 stamped with epoch 0, older than this "
+                               "node's 1; send the job again")
+    assert post_job(srv, {"queue": "q-laser", "job_id": "now-1", "epoch": 1})[0] == 202
+    drivers["cl1"].start()  # a forward carries the forwarder's epoch, and is taken
+    assert drivers["cl1"].submit("q-laser", "x", job_id="via-cl1")[0] == 202
+    wait_for(lambda: len(sink_lines(domain, "srv1", "laser1")) == 2, what="two prints")
+    assert {(p["job_id"], p["epoch"]) for p in sink_lines(domain, "srv1", "laser1")} == \
+        {("now-1", 1), ("via-cl1", 1)}
+
+
 def test_job_for_a_host_that_is_down_is_refused_as_retriable(
     domain: Domain, drivers: dict[str, ReferenceDriver]
 ) -> None:

@@ -10,15 +10,13 @@ import os
 import signal
 import subprocess
 import sys
-import threading
 import time
 from pathlib import Path
 
 import pytest
-from conftest import Cluster, run_cli
+from conftest import Cluster, JobSender, run_cli
 from cosfail.cosprint import tables
 from cosfail.cosprint.domain import load_domain
-from cosfail.cosprint.errors import DriverError
 from cosfail.launcher import hosts
 from cosfail.launcher.demo_domain import init_demo
 from cosfail.launcher.local import LocalDomain
@@ -137,39 +135,6 @@ def test_a_domain_of_hosts_runs_the_whole_story_on_postgresql_over_sftp_through_
     assert c.hosted("cl3") == {"srv1": 1000}
 
 
-class Sender:
-    """Sends a job for `queue` to `node`'s COSprint every 200 ms; keeps when each was
-    accepted and by whom."""
-
-    def __init__(self, cluster: Cluster, node: str, queue: str) -> None:
-        self.driver = cluster.driver(node)
-        self.node, self.queue = node, queue
-        self.answers: list[tuple[float, int, dict]] = []  # type: ignore[type-arg]
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._run, daemon=True)
-
-    def _run(self) -> None:
-        n = 0
-        while not self._stop.wait(0.2):
-            n += 1
-            try:
-                code, answer = self.driver.submit(self.queue, "page", f"via-{self.node}-{n}")
-            except DriverError as exc:  # its COSprint is stopped (the failover restarts it)
-                code, answer = 0, {"error": str(exc)}
-            self.answers.append((time.monotonic(), code, answer))
-
-    def __enter__(self) -> Sender:
-        self._thread.start()
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self._stop.set()
-        self._thread.join()
-
-    def accepted_by(self, node: str) -> list[float]:
-        return [t for t, code, a in self.answers if code == 202 and a.get("printed_by") == node]
-
-
 def test_a_server_cut_from_the_control_host_stops_on_its_lease_before_its_bcs_serves(
         host_cluster):
     """srv1 and the control host lose each other; srv1's clients still reach it. srv1
@@ -189,7 +154,7 @@ def test_a_server_cut_from_the_control_host_stops_on_its_lease_before_its_bcs_se
     srv1 = c.driver("srv1")
     assert srv1.submit(queue, "page", "before-cut")[0] == 202
 
-    with Sender(c, "srv1", queue) as to_srv1, Sender(c, "bcs1", queue) as to_bcs1:
+    with JobSender(c, "srv1", queue) as to_srv1, JobSender(c, "bcs1", queue) as to_bcs1:
         time.sleep(1)
         hosts.cut(lab, "srv1", hosts.CONTROL, both=True)
         cut = time.monotonic()
@@ -197,6 +162,10 @@ def test_a_server_cut_from_the_control_host_stops_on_its_lease_before_its_bcs_se
             seen = run_cli("status", "--json", "-d", str(domain.path), on=on_control)
             [row] = [n for n in json.loads(seen.stdout)["nodes"] if n["name"] == "srv1"]
             assert (row["worker"], row["cosprint"]) == ("down", "down"), row
+            dry = run_cli("failover", "srv1", "--to", "bcs1", "--dry-run", "--json",
+                          "-d", str(domain.path), on=on_control)
+            assert any(n.startswith("unless srv1 is fenced, the failover waits ")
+                       for n in json.loads(dry.stdout)["plan"]["notes"]), dry.stdout
             done = run_cli("failover", "srv1", "--to", "bcs1", "--yes", "--wait", "--json",
                            "-d", str(domain.path), on=on_control)
             failover = json.loads(done.stdout)
@@ -223,6 +192,12 @@ def test_a_server_cut_from_the_control_host_stops_on_its_lease_before_its_bcs_se
         assert time.time() < deadline, code_answer
         time.sleep(0.2)
     assert code_answer[1].get("printed_by") != "srv1", code_answer
+    deadline = time.time() + 15  # back in reach of the ledger, srv1 records its outage
+    while not (events := [e for e in c.ledger.lease_events() if e["node"] == "srv1"]):
+        assert time.time() < deadline, "srv1 never recorded its outage"
+        time.sleep(0.2)
+    assert events[0]["outcome"].startswith("stopped printing: lease ended, no failsafe ("), \
+        events
 
 
 def test_local_down_after_the_supervisor_was_killed_leaves_nothing(tmp_path):

@@ -4,16 +4,22 @@ waits out the lease of a server it could not stop."""
 
 from __future__ import annotations
 
-import threading
 import time
 from typing import Any
 
 import pytest
+from conftest import JobSender
 from cosfail.cosprint import lease
 from cosfail.cosprint.domain import DomainFileError, parse_domain
 from cosfail.workers.steps import stop_cosprint
 from cosfail.workflows import ledger as L
-from cosfail.workflows.control import fence_server, lease_wait, positively_down, stopped_by_run
+from cosfail.workflows.control import (
+    fence_server,
+    lease_note,
+    lease_wait,
+    positively_down,
+    stopped_by_run,
+)
 
 # ----- decisions, without I/O -----------------------------------------------------------
 
@@ -103,40 +109,33 @@ def test_the_failover_waits_the_recorded_lease_and_any_failsafe_round_out():
     assert lease_wait(7.0, ttl, failsafe=False) == 7.0 + lease.margin(ttl)
     assert lease_wait(None, ttl, failsafe=True) == lease.failover_wait(ttl)
     assert lease_wait(9.5, ttl, failsafe=True) == 9.5 + lease.margin(ttl)
+    # a renewing host's clock far ahead: no lease outlives ttl after the new epoch
+    assert lease_wait(3 * 3600.0, ttl, failsafe=False) == ttl + lease.margin(ttl)
+
+
+def test_on_sqlite_a_held_lease_counts_as_a_whole_ttl_whatever_the_hosts_clocks_wrote():
+    ttl = 10.0
+    for skewed in (-3 * 3600.0, -1.0, 2.0, 3 * 3600.0):  # a renewing host hours behind
+        assert lease_wait(skewed, ttl, failsafe=False, server_clock=False) == \
+            ttl + lease.margin(ttl)
+    assert lease_wait(None, ttl, failsafe=False, server_clock=False) == 0.0
+
+
+def test_the_plan_says_how_long_the_lease_wait_may_take():
+    assert lease_note("srv1", True, 8.0, 10.0, True) == \
+        "no lease wait: srv1's worker answers and stops its COSprint"
+    assert lease_note("srv1", False, 8.0, 10.0, False) == (
+        "unless srv1 is fenced, the failover waits 9.0 s for it to stop serving before "
+        "its BCS starts (srv1 has 8.0 s of lease left)")
+    assert lease_note("srv1", False, None, 10.0, True).startswith(
+        f"unless srv1 is fenced, the failover waits {lease.failover_wait(10.0):.1f} s")
+    assert lease_note("srv1", False, -4.0, 10.0, True).endswith(
+        "(srv1 has no lease left, plus any failsafe round it won)")
 
 
 # ----- real cosprintd processes, a real ledger going away ------------------------------
 
 TTL = 5.0
-
-
-class Client:
-    """Sends a job every 200 ms to srv1 for one of its queues, and keeps every answer."""
-
-    def __init__(self, cluster: Any, queue: str) -> None:
-        self.srv1 = cluster.driver("srv1")
-        self.queue = queue
-        self.answers: list[tuple[float, int, dict[str, Any]]] = []
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._run, daemon=True)
-
-    def _run(self) -> None:
-        n = 0
-        while not self._stop.wait(0.2):
-            n += 1
-            code, answer = self.srv1.submit(self.queue, "page", job_id=f"lease-{n:04d}")
-            self.answers.append((time.monotonic(), code, answer))
-
-    def __enter__(self) -> Client:
-        self._thread.start()
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self._stop.set()
-        self._thread.join()
-
-    def refused(self) -> list[tuple[float, int, dict[str, Any]]]:
-        return [a for a in self.answers if a[1] != 202]
 
 
 @pytest.fixture
@@ -176,6 +175,15 @@ class LedgerAway:
             self.request.getfixturevalue("postgres_server").start()
 
 
+def recorded_outage(cluster: Any, node: str) -> dict[str, Any]:
+    """The ledger outage `node` recorded at its first renewal after the ledger's return."""
+    deadline = time.time() + 10
+    while not (events := [e for e in cluster.ledger.lease_events() if e["node"] == node]):
+        assert time.time() < deadline, f"{node} never recorded its outage"
+        time.sleep(0.2)
+    return events[0]
+
+
 def srv1_queue(cluster: Any) -> str:
     return next(q for q in (f"q-srv1-{i:04d}" for i in range(1, 21))
                 if cluster.driver("srv1").submit(q, "probe")[0] == 202)
@@ -185,7 +193,7 @@ def test_printing_goes_on_through_a_ledger_outage_of_two_ttls_in_failsafe(leased
     c = leased
     queue = srv1_queue(c)
     srv1 = c.driver("srv1")
-    with Client(c, queue) as client:
+    with JobSender(c, "srv1", queue) as client:
         time.sleep(1.0)
         with LedgerAway(c, request):
             time.sleep(TTL + 1)
@@ -206,8 +214,11 @@ def test_printing_goes_on_through_a_ledger_outage_of_two_ttls_in_failsafe(leased
     ids = [a[2]["job_id"] for a in client.answers]
     for job_id in (ids[0], ids[len(ids) // 2], ids[-1]):
         assert c.wait_printed("srv1", job_id), job_id
-    printed = [p["job_id"] for p in c.printed("srv1") if p["job_id"].startswith("lease-")]
+    printed = [p["job_id"] for p in c.printed("srv1") if p["job_id"].startswith("via-")]
     assert sorted(printed) == sorted(ids)  # every accepted job, each once
+    outage = recorded_outage(c, "srv1")
+    assert outage["outcome"] == "printed throughout, in failsafe past its lease"
+    assert outage["until"] - outage["since"] >= TTL
 
 
 def test_with_the_ledger_away_and_one_peer_stopped_the_master_refuses_within_ttl(
@@ -215,7 +226,7 @@ def test_with_the_ledger_away_and_one_peer_stopped_the_master_refuses_within_ttl
     c = leased
     queue = srv1_queue(c)
     c.driver("cl2").stop()
-    with LedgerAway(c, request), Client(c, queue) as client:  # the client stops first
+    with LedgerAway(c, request), JobSender(c, "srv1", queue) as client:  # the client stops first
         away = time.monotonic()
         time.sleep(TTL + 2)
         report = c.driver("srv1").report()
@@ -229,3 +240,14 @@ def test_with_the_ledger_away_and_one_peer_stopped_the_master_refuses_within_ttl
     assert refused[-1][1] == 503 and last["retriable"] is True, last
     assert "lease ended, no failsafe (cl2 refused: no answer" in last["error"], last
     assert report is not None and report["role"] == "unverified", report
+    assert recorded_outage(c, "srv1")["outcome"].startswith(
+        "stopped printing: lease ended, no failsafe (cl2 refused: no answer")
+
+
+def test_status_shows_each_nodes_lease_failsafe_first_then_its_own_count_then_the_ledgers():
+    from cosfail.api.view import lease_cell
+
+    assert lease_cell({"failsafe": True, "left": 0}, None) == "[yellow]failsafe[/]"
+    assert lease_cell({"failsafe": False, "left": 3.21}, {"left": 4.0}) == "3.2 s left"
+    assert lease_cell({"failsafe": False, "left": 0}, {"left": -12.4}) == "ended 12 s ago"
+    assert lease_cell(None, None) == "-"

@@ -49,6 +49,9 @@ def test_status_and_metrics_follow_each_phase(make_cluster):
     assert all(n["worker"] == "up" and n["cosprint"] == "up" for n in st["nodes"])
     assert node(st, "srv1")["serving_as"] == "master" and node(st, "srv1")["hosted"] == 600
     assert st["backups"] == {"bcs1": None}
+    lease = node(st, "srv1")["lease"]  # as srv1 counts it, and as the ledger recorded it
+    assert lease["ttl"] == 10 and 0 < lease["left"] <= 10 and lease["failsafe"] is False
+    assert 0 < node(st, "srv1")["lease_recorded"]["left"] <= 10
 
     backup_run = c.backup()
     st = status(c)
@@ -71,6 +74,8 @@ def test_status_and_metrics_follow_each_phase(make_cluster):
 
     m = metrics(c)
     assert m["cosfail_epoch", ()] == 2
+    assert 0 < m["cosfail_lease_remaining_seconds", (("node", "bcs1"),)] <= 10
+    assert m["cosfail_lease_remaining_seconds", (("node", "srv1"),)] <= 10
     ledger_runs = c.ledger.runs(limit=1000)
     for r in ledger_runs:
         key = ("cosfail_runs", (("state", r["state"]), ("workflow", r["workflow"])))

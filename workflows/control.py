@@ -156,12 +156,36 @@ def stopped_by_run(steps: list[L.StepRow], node: str) -> bool:
                for s in steps)
 
 
-def lease_wait(remaining: float | None, ttl: float, failsafe: bool) -> float:
+def lease_wait(remaining: float | None, ttl: float, failsafe: bool,
+               server_clock: bool = True) -> float:
     """Seconds to wait, once every COSprint the run could stop is stopped, before the
-    BCS may serve: the server's recorded lease (by the ledger's clock) plus a margin,
-    and with failsafe, any failsafe round it won before its peers stopped."""
-    lease_end = 0.0 if remaining is None else max(0.0, remaining) + lease.margin(ttl)
+    BCS may serve: the server's recorded lease plus a margin, and with failsafe, any
+    failsafe round it won before its peers stopped.
+
+    A renewal at the old epoch cannot land after `advance_epoch`, so no lease runs
+    longer than ttl from now. The recorded time left is trusted only when it was
+    written and read by one clock, the ledger server's (`server_clock`); on SQLite each
+    renewing host wrote its own clock's time, so a held lease counts as a whole ttl."""
+    if remaining is None:
+        lease_end = 0.0
+    else:
+        left = min(remaining, ttl) if server_clock else ttl
+        lease_end = max(0.0, left) + lease.margin(ttl)
     return max(lease_end, lease.failover_wait(ttl) if failsafe else 0.0)
+
+
+def lease_note(server: str, stops_server: bool, remaining: float | None, ttl: float,
+               failsafe: bool, server_clock: bool = True) -> str:
+    """What the plan says of the lease wait: none when the run's own stop reaches the
+    server, else how long, unless a fence confirms the server down."""
+    if stops_server:
+        return f"no lease wait: {server}'s worker answers and stops its COSprint"
+    held = "holds no lease" if remaining is None else (
+        f"has {remaining:.1f} s of lease left" if remaining > 0 else "has no lease left")
+    return (f"unless {server} is fenced, the failover waits "
+            f"{lease_wait(remaining, ttl, failsafe, server_clock):.1f} s for it to stop serving "
+            f"before its BCS starts ({server} {held}"
+            + (", plus any failsafe round it won)" if failsafe else ")"))
 
 
 @step("failover.wait_out_lease", WaitOutLease)
@@ -179,7 +203,7 @@ def wait_out_lease(here: Here, arg: WaitOutLease) -> str:
             f"{arg.bcs}'s COSprint was not stopped by this run, so {arg.server} could "
             "still win failsafe rounds: cannot tell when it stops serving")
     remaining = led.lease_remaining(arg.server)
-    wait = lease_wait(remaining, spec.ttl, spec.failsafe)
+    wait = lease_wait(remaining, spec.ttl, spec.failsafe, led.server_clock)
     time.sleep(wait)
     held = "held no lease" if remaining is None else \
         f"had {max(0.0, remaining):.1f} s of lease left"

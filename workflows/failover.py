@@ -42,6 +42,7 @@ from cosfail.workflows.control import (
     WaitOutLease,
     advance_epoch,
     fence_server,
+    lease_note,
     run_hook,
     take_lock,
     verify_failover,
@@ -117,9 +118,16 @@ def move_hosting(plan: FailoverPlan, owner: str, file: str, fence: bool) -> list
 
 
 def plan_now(eng: Engine, req: FailoverRequest) -> FailoverPlan | Refusal:
-    """Probe the domain and plan."""
-    return plan_failover(eng.domain, current_state(eng), probe_all(eng.domain), req,
+    """Probe the domain and plan; the plan says how long its lease wait may take."""
+    plan = plan_failover(eng.domain, current_state(eng), probe_all(eng.domain), req,
                          time.time(), eng.ledger.hosting_moves())
+    if isinstance(plan, Refusal):
+        return plan
+    spec = eng.domain.spec.lease
+    note = lease_note(plan.server, plan.server in plan.stop,
+                      eng.ledger.lease_remaining(plan.server), spec.ttl, spec.failsafe,
+                      eng.ledger.server_clock)
+    return replace(plan, notes=[*plan.notes, note])
 
 
 def pre_hook_veto(domain: Domain, plan: FailoverPlan) -> Refusal | None:

@@ -492,6 +492,12 @@ class Ledger:
         return history[-1]["hosted_by"]
 
     # ----- liveness (the detector's transitions) ---------------------------------------
+    @property
+    def server_clock(self) -> bool:
+        """Whether lease times are one clock's, a database server's (not SQLite's, where
+        each host that writes uses its own)."""
+        return self.engine.dialect.name != "sqlite"
+
     def lease_remaining(self, node: str) -> float | None:
         """Seconds left on `node`'s serving lease by the ledger server's clock (negative:
         ended that long ago); None if it never held one."""
@@ -499,6 +505,25 @@ class Ledger:
         with self.engine.connect() as conn:
             row = conn.execute(text(sql), {"domain": self.domain, "node": node}).first()
         return None if row is None else float(row[0])
+
+    def leases(self) -> dict[str, dict[str, Any]]:
+        """Every node's recorded serving lease: epoch, renewed_at and expires_at (the
+        ledger server's clock), and seconds left by that clock (negative: ended)."""
+        now = lease.NOW_SQL[self.engine.dialect.name]
+        sql = (f"SELECT node, epoch, renewed_at, expires_at, expires_at - {now} "
+               "FROM serving_lease WHERE domain = :domain")
+        with self.engine.connect() as conn:
+            rows = conn.execute(text(sql), {"domain": self.domain}).all()
+        return {r[0]: {"epoch": r[1], "renewed_at": r[2], "expires_at": r[3],
+                       "left": round(float(r[4]), 2)} for r in rows}
+
+    def lease_events(self, limit: int = 20) -> list[dict[str, Any]]:
+        """The newest ledger outages the nodes lived through, as they recorded them."""
+        t = authority.lease_events
+        with self.engine.connect() as conn:
+            rows = conn.execute(select(t).where(t.c.domain == self.domain)
+                                .order_by(t.c.id.desc()).limit(limit)).mappings().all()
+        return [dict(r) for r in rows]
 
     def record_liveness(self, node: str, state: str, at: float, prev_state: str | None,
                         unreachable_since: float | None = None,

@@ -65,5 +65,11 @@ def render(eng: Engine) -> str:
     for node, r in live.items():
         if r["state"] == "down":
             down_since.labels(node).set(r["unreachable_since"] or r["at"])
+    # Serving leases as the ledger recorded them, by the ledger server's clock.
+    left = Gauge("cosfail_lease_remaining_seconds",
+                 "Seconds left on a node's serving lease (negative: ended)", ["node"],
+                 registry=reg)
+    for node, held in eng.ledger.leases().items():
+        left.labels(node).set(held["left"])
     reg.register(StepDurations(eng))
     return generate_latest(reg).decode()

@@ -24,6 +24,7 @@ def domain_status(eng: Engine, probe_timeout: float = 1.0) -> dict[str, Any]:
     seen = probe_all(eng.domain, timeout=probe_timeout)
     now = time.time()
     needs = reclaim_needed(eng)
+    leases = eng.ledger.leases()
     nodes = []
     for n in eng.domain.spec.node:
         s = seen[n.name]
@@ -33,6 +34,8 @@ def domain_status(eng: Engine, probe_timeout: float = 1.0) -> dict[str, Any]:
             "cosprint": "up" if s.cosprint else "down", "serving_as": cos.get("role"),
             "points_at": f"{cos['master']}@{cos['epoch']}" if cos else None,
             "hosted": cos.get("hosted"), "reclaim_needed": n.name in needs,
+            "reason": cos.get("reason"), "lease": cos.get("lease"),
+            "lease_recorded": leases.get(n.name),
         })
     backups = {}
     for bcs in eng.domain.names("bcs"):
@@ -55,4 +58,5 @@ def domain_status(eng: Engine, probe_timeout: float = 1.0) -> dict[str, Any]:
         "nodes": nodes, "backups": backups, "hosting_change_running": holder,
         "backup_running": eng.ledger.holder(L.BACKUP_LOCK), "reclaim_needed": needs,
         "down": detected["down"], "detect": detected["detect"],
+        "lease_events": eng.ledger.lease_events(5),
     }

@@ -47,6 +47,7 @@ class RoleKeeper:
         self._known: Designation | None = None  # the authority as last read
         self._hold = lease.Hold()
         self._renewed_at: float | None = None  # wall clock of the last acknowledged renewal
+        self._outage: lease.Outage | None = None  # a ledger outage this node is living
         self._ledger_file = self.ledger.sqlite_path
         self._designation_path = settings.home / designation.DESIGNATION
         self._lock = threading.Lock()
@@ -111,6 +112,8 @@ class RoleKeeper:
         if holding:
             return known_role, f"{self.node}: ledger unreadable ({why}); {holding}"
         failsafe = self._hold.failsafe_why if self.settings.failsafe else "failsafe is off"
+        if self._outage is not None and not self._outage.stopped:
+            self._outage.stopped = f"lease ended, no failsafe ({failsafe})"
         return UNVERIFIED, (f"{self.node}: ledger unreadable ({why}); lease ended, no "
                             f"failsafe ({failsafe}); not printing")
 
@@ -164,6 +167,8 @@ class RoleKeeper:
     def renew(self) -> None:
         """One renewal, or failsafe round when the ledger cannot be reached."""
         known, state = self._known, self.state
+        if self._outage is not None and state.ledger_error is None:
+            self._record_outage(self._outage)  # whatever role it has come back in
         if known is None or state.role not in PRINTING_ROLES:
             return
         ttl = self.settings.lease_ttl
@@ -175,16 +180,29 @@ class RoleKeeper:
         except Exception as exc:
             if self.state.ledger_error is None:  # it reads the ledger: prints on that
                 log.warning("lease renewal of %s failed: %s", self.node, exc)
-            elif self.settings.failsafe:  # unreachable: the peers may keep it printing
+                return
+            if self._outage is None:
+                self._outage = lease.Outage(since=time.time(), epoch=known.epoch)
+            if self.settings.failsafe:  # unreachable: the peers may keep it printing
                 self._failsafe_round(known, self.state.ledger_error)
             return
         if renewed:
-            was = self._hold
-            self._hold = replace(was, epoch=known.epoch,
+            self._hold = replace(self._hold, epoch=known.epoch,
                                  lease_until=sent + ttl - lease.margin(ttl))
             self._renewed_at = time.time()
-            if was.failsafe_until > sent:
-                log.warning("ledger reachable again: lease renewed, failsafe over")
+
+    def _record_outage(self, outage: lease.Outage) -> None:
+        """Put the outage just lived into the ledger, now that it answers again."""
+        params = {"domain": self.settings.domain, "node": self.node, "epoch": outage.epoch,
+                  "since": outage.since, "until": time.time(), "outcome": outage.outcome()}
+        try:
+            self._lease_db.execute(lease.RECORD_OUTAGE_SQL, params)
+        except Exception as exc:  # kept for the next renewal
+            log.warning("could not record the ledger outage of %s: %s", self.node, exc)
+            return
+        self._outage = None
+        log.warning("ledger reachable again after %.1f s: %s",
+                    params["until"] - outage.since, params["outcome"])
 
     def _failsafe_round(self, known: Designation, why: str) -> None:
         started = time.monotonic()
@@ -194,6 +212,8 @@ class RoleKeeper:
             answers = dict(zip(others, pool.map(
                 lambda url: _ask(url + "/failsafe", question), others.values()), strict=True))
         ok, verdict = lease.round_verdict(answers)
+        if ok and self._outage is not None:
+            self._outage.failsafe = True
         was = self._hold
         until = started + lease.failsafe_grant(self.settings.lease_ttl) if ok else 0.0
         self._hold = replace(was, epoch=known.epoch, failsafe_until=until,

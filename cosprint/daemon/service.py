@@ -114,14 +114,28 @@ class Service:
             job_id = os.urandom(16).hex()  # chosen before forwarding: retries stay one job
         if not isinstance(job_id, str) or not _JOB_ID_RE.match(job_id):
             return 400, {"error": f"{self.node}: job_id must match {_JOB_ID_RE.pattern}"}
+        sender_epoch = body.get("epoch")
+        if sender_epoch is not None and not isinstance(sender_epoch, int):
+            return 400, {"error": f"{self.node}: 'epoch' must be an integer"}
         if job_id in self.printed:  # sent again (a reclaim resends a dead node's spool)
             return 202, {"job_id": job_id, "printed_by": self.node, "duplicate": True}
+        mine = self.keeper.state.designation
+        if sender_epoch is not None and mine is not None and sender_epoch < mine.epoch:
+            # The fencing token: a node still at an older epoch routed this job on tables
+            # that may no longer hold. Its re-point is under way; then it sends again.
+            self.count("refused")
+            return 503, {"error": f"{self.node}: job {job_id} stamped with epoch "
+                                  f"{sender_epoch}, older than this node's {mine.epoch}; "
+                                  "send the job again", "retriable": True}
         route = self.queue_route(queue)
         if route is None:
             return 404, {"error": f"{self.node}: unknown queue {queue!r}"}
         host, _printer = route
         if host != self.node:
-            return self.forward(host, {"queue": queue, "data": data, "job_id": job_id}, hops)
+            job = {"queue": queue, "data": data, "job_id": job_id}
+            if mine is not None:
+                job["epoch"] = mine.epoch
+            return self.forward(host, job, hops)
         return self.accept(queue, data, job_id)
 
     def accept(self, queue: str, data: str, job_id: str) -> tuple[int, dict[str, Any]]:
@@ -154,6 +168,7 @@ class Service:
                 "data": data,
                 "accepted_by": self.node,
                 "accepted_at": time.time(),
+                "epoch": state.designation.epoch if state.designation else None,
             }
             spool_job(self.spool, job)
             self.count("accepted")
@@ -256,6 +271,7 @@ class Service:
             "node": self.node,
             "time": time.time(),
             "bytes": len(job.get("data", "")),
+            "epoch": job.get("epoch"),  # the one it was accepted under
         }
         self.sink_dir.mkdir(parents=True, exist_ok=True)
         sink = self.sink_dir / f"{_UNSAFE_FILENAME.sub('_', printer)}.log"

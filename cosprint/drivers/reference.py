@@ -24,6 +24,7 @@ from pathlib import Path
 from typing import Any
 
 from cosfail.cosprint.daemon.identity import READY, is_cosprintd, log_path, pidfile_path, read_pid
+from cosfail.cosprint.daemon.peers import json_or_text
 from cosfail.cosprint.daemon.spool import JOB_SUFFIX, list_spool
 from cosfail.cosprint.domain import Domain
 from cosfail.cosprint.driver import Driver, Resent, ServiceStatus
@@ -286,6 +287,8 @@ class ReferenceDriver(NodeFiles, Driver):
                 hosted=int(body["hosted"]),
                 up_since=float(body["up_since"]),
                 pid=int(body["pid"]),
+                reason=str(body.get("reason", "")),
+                lease=body.get("lease") if isinstance(body.get("lease"), dict) else None,
             )
         except (KeyError, TypeError, ValueError):
             return None
@@ -311,7 +314,7 @@ class ReferenceDriver(NodeFiles, Driver):
             with _OPENER.open(req, timeout=timeout) as resp:
                 return resp.status, json.loads(resp.read())
         except urllib.error.HTTPError as exc:
-            return exc.code, _json_dict(exc.read())
+            return exc.code, json_or_text(exc.read())
         except (OSError, ValueError) as exc:
             raise DriverError(
                 f"node {self.node}: cannot submit a job to {self.url}: {exc}"
@@ -372,10 +375,3 @@ def _pidfd(pid: int) -> int | None:
     except (OSError, AttributeError):
         return None
 
-
-def _json_dict(raw: bytes) -> dict[str, Any]:
-    try:
-        body = json.loads(raw)
-    except ValueError:
-        return {"error": raw.decode(errors="replace")[:500]}
-    return body if isinstance(body, dict) else {"error": str(body)}
