@@ -1,5 +1,10 @@
 """Failover across hosts against on loopback (not a test): `python -m bench.hosts`, as root.
 
+With `--outage`, the unplanned outage by phase instead (`bench/results/outage.json`):
+the detector (`[detect] down_after = 2`, auto_failover) fails a SIGKILLed srv1 over by
+itself; detection (kill to "down" in the ledger), trigger (to the failover's run),
+lease wait, the rest of the chain, and the first job a client gets accepted by bcs1.
+
 Two domains of the same shape (1 server, 1 BCS, 1 client, `--objects` objects) run side
 by side on this machine: one on loopback with a SQLite ledger (the demo's), one with
 every node on its own host (a network namespace: its own address, sshd, host key;
@@ -23,6 +28,8 @@ from pathlib import Path
 from typing import Any
 
 from cosfail.cosprint.domain import load_domain
+from cosfail.cosprint.drivers import driver_for
+from cosfail.cosprint.errors import DriverError
 from cosfail.launcher.demo_domain import init_demo
 from cosfail.launcher.hosts import require_root
 from cosfail.launcher.local import LocalDomain, LoopbackRedis
@@ -38,15 +45,23 @@ from cosfail.workflows.switchover import FAILBACK
 from bench.common import BenchFailed, machine_line, median, ms, run_header, write_json
 
 RESULTS = Path(__file__).resolve().parent / "results" / "hosts.json"
+OUTAGE_RESULTS = RESULTS.with_name("outage.json")
+# `--outage`: the detector fails a killed srv1 over by itself (docs/architecture.md §2.7).
+AUTO_DETECT = ("\n[detect]\ndown_after = 2\ninterval = 0.5\nauto_failover = true\n"
+               "max_auto_per_hour = 1000\nmax_data_loss = 86400\n")
+PHASES = ("detection", "trigger", "lease_wait", "chain", "first_job", "outage")
 KINDS = ("loopback", "hosts")
 
 
 class Site:
     """One running domain of the comparison."""
 
-    def __init__(self, base: Path, kind: str, objects: int, broker: str | None) -> None:
+    def __init__(self, base: Path, kind: str, objects: int, broker: str | None,
+                 auto: bool = False) -> None:
         path = init_demo(base / kind, servers=1, bcs=1, clients=1, objects=objects,
                          broker=broker, hosts=kind == "hosts")
+        if auto:
+            path.write_text(path.read_text() + AUTO_DETECT)
         self.kind = kind
         self.domain = load_domain(path)
         self.local = LocalDomain(self.domain)
@@ -91,21 +106,59 @@ class Site:
                 for name, run in (("failover", failover), ("reclaim", reclaim),
                                   ("failback", failback))}
 
+    def outage(self) -> dict[str, float]:
+        """Kill srv1 and time, by phase, until a client's job for one of srv1's queues
+        is accepted by bcs1; then bring srv1 back and fail it back for the next round."""
+        queue = f"q-srv1-{1:04d}"
+        client = driver_for(self.domain, "cl1")
+        killed = time.time()
+        self.local.kill("srv1")
+        deadline = killed + 120
+        while True:
+            try:
+                code, answer = client.submit(queue, "page", timeout=2.0)
+            except DriverError:  # cl1's COSprint is stopped while the failover runs
+                code, answer = 0, {}
+            if code == 202 and answer.get("printed_by") == "bcs1":
+                first_job = time.time()
+                break
+            if time.time() > deadline:
+                raise BenchFailed(f"{self.kind}: no job accepted by bcs1 within 120 s")
+            time.sleep(0.02)
+        run_id = self.newest("failover", killed)
+        run = self.finish(run_id)
+        down = next(r for r in self.engine.ledger.liveness_history("srv1", 20)
+                    if r["state"] == "down" and r["at"] > killed)
+        [wait] = [s for s in self.engine.ledger.steps(run_id) if s.name == "wait_out_lease"]
+        lease_wait = (wait.finished_at or 0) - (wait.started_at or 0)
+        revived = time.time()
+        self.local.revive("srv1")
+        self.finish(self.newest("reclaim", revived))
+        self.run(FAILBACK, MoveRequest("srv1"))
+        return {"detection": ms(down["at"] - killed), "trigger": ms(run["created_at"] - down["at"]),
+                "lease_wait": ms(lease_wait),
+                "chain": ms(run["finished_at"] - run["created_at"] - lease_wait),
+                "first_job": ms(first_job - run["finished_at"]),
+                "outage": ms(first_job - killed)}
+
     def down(self) -> None:
         self.local.down()
 
 
-def serve(kind: str, base: Path, objects: int, broker: str | None) -> None:
+def serve(kind: str, base: Path, objects: int, broker: str | None, auto: bool) -> None:
     """One site in this process, driven by the lines on stdin: `round` answers one
-    round trip's durations as a JSON line, end of input takes the site down. A process
-    per site: a process's Celery app keeps the broker it first used."""
-    site = Site(base, kind, objects, broker)
+    round trip's durations (with `auto`, one unplanned outage's phases) as a JSON line,
+    end of input takes the site down. A process per site: a process's Celery app keeps
+    the broker it first used."""
+    site = Site(base, kind, objects, broker, auto)
     try:
         site.run(BACKUP, BackupRequest())
+        if auto:
+            site.local.start_watch()
         print(json.dumps({"ready": kind}), flush=True)
         for line in sys.stdin:
             if line.strip() == "round":
-                print(json.dumps(site.round_trip()), flush=True)
+                print(json.dumps(site.outage() if auto else site.round_trip()), flush=True)
     finally:
         site.down()
 
@@ -113,9 +166,11 @@ def serve(kind: str, base: Path, objects: int, broker: str | None) -> None:
 class Child:
     """A `serve` process and its JSON answers."""
 
-    def __init__(self, kind: str, base: Path, objects: int, broker: str | None) -> None:
+    def __init__(self, kind: str, base: Path, objects: int, broker: str | None,
+                 auto: bool) -> None:
         argv = [sys.executable, "-m", "bench.hosts", "--serve", kind, "--base", str(base),
-                "--objects", str(objects), *(["--broker", broker] if broker else [])]
+                "--objects", str(objects), *(["--broker", broker] if broker else []),
+                *(["--outage"] if auto else [])]
         self.kind = kind
         self.proc = subprocess.Popen(argv, stdin=subprocess.PIPE, stdout=subprocess.PIPE,  # noqa: S603
                                      text=True, cwd=Path(__file__).resolve().parent.parent)
@@ -139,7 +194,7 @@ class Child:
         self.proc.wait(timeout=120)
 
 
-def measure(objects: int, repeats: int) -> dict[str, Any]:
+def measure(objects: int, repeats: int, auto: bool) -> dict[str, Any]:
     require_root("bench.hosts")
     header = run_header(repeats)
     base = Path(tempfile.mkdtemp(prefix="cosfail-bench-hosts-"))
@@ -147,8 +202,8 @@ def measure(objects: int, repeats: int) -> dict[str, Any]:
     redis.start()
     children: list[Child] = []
     try:
-        children = [Child("loopback", base, objects, redis.url),
-                    Child("hosts", base, objects, None)]
+        children = [Child("loopback", base, objects, redis.url, auto),
+                    Child("hosts", base, objects, None, auto)]
         for child in children:
             child.answer()  # ready
         rounds: dict[str, list[dict[str, float]]] = {k: [] for k in KINDS}
@@ -162,8 +217,10 @@ def measure(objects: int, repeats: int) -> dict[str, Any]:
     medians = {k: {w: median([r[w] for r in rounds[k]]) for w in rounds[k][0]} for k in KINDS}
     return {**header, "loadavg_end": os.getloadavg(), "objects": objects,
             "rounds": rounds, "median_ms": medians,
+            "max_ms": {k: {w: max(r[w] for r in rounds[k]) for w in rounds[k][0]}
+                       for k in KINDS},
             "ratio": {w: round(medians["hosts"][w] / medians["loopback"][w], 2)
-                      for w in medians["hosts"]}}
+                      for w in medians["hosts"] if medians["loopback"][w] > 0}}
 
 
 def main() -> None:
@@ -173,13 +230,25 @@ def main() -> None:
     parser.add_argument("--serve", choices=KINDS, help=argparse.SUPPRESS)
     parser.add_argument("--base", type=Path, help=argparse.SUPPRESS)
     parser.add_argument("--broker", help=argparse.SUPPRESS)
+    parser.add_argument("--outage", action="store_true",
+                        help="the unplanned outage by phase: kill srv1, the detector fails "
+                             "it over by itself, until bcs1 accepts a client's job")
     args = parser.parse_args()
     if args.serve:
-        serve(args.serve, args.base, args.objects, args.broker)
+        serve(args.serve, args.base, args.objects, args.broker, args.outage)
         return
-    results = measure(args.objects, args.repeats)
-    write_json(RESULTS, results)
+    results = measure(args.objects, args.repeats, args.outage)
+    out = OUTAGE_RESULTS if args.outage else RESULTS
+    write_json(out, results)
     print(machine_line(results))
+    if args.outage:
+        print(f"{'phase':<11} {'loopback median/max ms':>24} {'hosts median/max ms':>22}")
+        for ph in PHASES:
+            print(f"{ph:<11} {results['median_ms']['loopback'][ph]:>14}/"
+                  f"{results['max_ms']['loopback'][ph]:<9} "
+                  f"{results['median_ms']['hosts'][ph]:>12}/{results['max_ms']['hosts'][ph]}")
+        print(f"wrote {out}")
+        return
     print(f"{'workflow':<10} {'loopback ms':>12} {'hosts ms':>10} {'hosts/loopback':>15}")
     for w, ratio in results["ratio"].items():
         print(f"{w:<10} {results['median_ms']['loopback'][w]:>12} "
