@@ -1,4 +1,5 @@
-"""Requests from one cosprintd to another: forwarded jobs and failsafe questions."""
+"""Requests to a cosprintd, from another (forwarded jobs, failsafe questions) or from
+its driver (jobs, status)."""
 
 from __future__ import annotations
 
@@ -12,7 +13,7 @@ if TYPE_CHECKING:
 
 
 @functools.cache
-def _opener() -> urllib.request.OpenerDirector:
+def opener() -> urllib.request.OpenerDirector:
     import urllib.request  # at the first request, not at start: costly imports
 
     # Traffic between nodes must never go through an http_proxy from the environment.
@@ -33,8 +34,8 @@ def post_json(url: str, body: dict[str, Any], timeout: float,
         url, data=json.dumps(body).encode(), method="POST",
         headers={"Content-Type": "application/json", **(headers or {})})
     try:
-        with _opener().open(req, timeout=timeout) as resp:
-            return resp.status, json_or_text(resp.read() or b"{}")
+        with opener().open(req, timeout=timeout) as resp:
+            return resp.status, json.loads(resp.read() or b"{}")
     except urllib.error.HTTPError as exc:
         return exc.code, json_or_text(exc.read())
     except (OSError, ValueError, http.client.HTTPException) as exc:

@@ -18,13 +18,11 @@ import subprocess
 import sys
 import threading
 import time
-import urllib.error
-import urllib.request
 from pathlib import Path
 from typing import Any
 
+from cosfail.cosprint.daemon import peers
 from cosfail.cosprint.daemon.identity import READY, is_cosprintd, log_path, pidfile_path, read_pid
-from cosfail.cosprint.daemon.peers import json_or_text
 from cosfail.cosprint.daemon.spool import JOB_SUFFIX, list_spool
 from cosfail.cosprint.domain import Domain
 from cosfail.cosprint.driver import Driver, Resent, ServiceStatus
@@ -38,9 +36,6 @@ START_TIMEOUT = 10.0
 STATUS_TIMEOUT = 0.5
 KILL_WAIT = 5.0
 _POLL = 0.02
-
-# Loopback traffic must never go through an http_proxy from the environment.
-_OPENER = urllib.request.build_opener(urllib.request.ProxyHandler({}))
 
 # This process's fork servers, by (domain file, node): see ReferenceDriver.prepare.
 _FORK_SERVERS: dict[tuple[Path, str], ForkServer] = {}
@@ -304,25 +299,16 @@ class ReferenceDriver(NodeFiles, Driver):
         job: dict[str, Any] = {"queue": queue, "data": data}
         if job_id is not None:
             job["job_id"] = job_id
-        req = urllib.request.Request(
-            self.url + "/jobs",
-            data=json.dumps(job).encode(),
-            headers={"Content-Type": "application/json"},
-            method="POST",
-        )
         try:
-            with _OPENER.open(req, timeout=timeout) as resp:
-                return resp.status, json.loads(resp.read())
-        except urllib.error.HTTPError as exc:
-            return exc.code, json_or_text(exc.read())
-        except (OSError, ValueError) as exc:
+            return peers.post_json(self.url + "/jobs", job, timeout)
+        except peers.Unreachable as exc:
             raise DriverError(
                 f"node {self.node}: cannot submit a job to {self.url}: {exc}"
             ) from None
 
     def _get(self, path: str) -> dict[str, Any] | None:
         try:
-            with _OPENER.open(self.url + path, timeout=STATUS_TIMEOUT) as resp:
+            with peers.opener().open(self.url + path, timeout=STATUS_TIMEOUT) as resp:
                 body = json.loads(resp.read())
         except Exception:  # down, refused, timed out, garbled: all mean "no answer"
             return None
