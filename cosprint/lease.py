@@ -3,7 +3,7 @@
 Pure: timings, the SQL that renews and reads a lease, and the decisions; the role keeper
 (cosprint/daemon/keeper.py) and the failover's `wait_out_lease` step do the I/O. The
 argument for why two nodes never print as master in overlapping intervals is in
-docs/architecture.md, "Leases".
+docs/architecture.md, invariant 14.
 
 Lease times are the database server's clock: a renewal writes `expires_at = now + ttl`
 by the server's `now`, and the failover reads `expires_at - now` by the same clock. A
@@ -78,12 +78,6 @@ def renew_sql(dialect: str) -> str:
         "ON CONFLICT (domain, node) DO UPDATE SET epoch = excluded.epoch, "
         "renewed_at = excluded.renewed_at, expires_at = excluded.expires_at"
     )
-
-
-def remaining_sql(dialect: str) -> str:
-    """Seconds left on :node's recorded lease, by the database server's clock."""
-    return (f"SELECT expires_at - {NOW_SQL[dialect]}, epoch FROM serving_lease "
-            "WHERE domain = :domain AND node = :node")
 
 
 RECORD_OUTAGE_SQL = (

@@ -501,21 +501,21 @@ class Ledger:
     def lease_remaining(self, node: str) -> float | None:
         """Seconds left on `node`'s serving lease by the ledger server's clock (negative:
         ended that long ago); None if it never held one."""
-        sql = lease.remaining_sql(self.engine.dialect.name)
-        with self.engine.connect() as conn:
-            row = conn.execute(text(sql), {"domain": self.domain, "node": node}).first()
-        return None if row is None else float(row[0])
+        held = self.leases(node).get(node)
+        return None if held is None else held["left"]
 
-    def leases(self) -> dict[str, dict[str, Any]]:
-        """Every node's recorded serving lease: epoch, renewed_at and expires_at (the
-        ledger server's clock), and seconds left by that clock (negative: ended)."""
+    def leases(self, node: str | None = None) -> dict[str, dict[str, Any]]:
+        """Every node's (or `node`'s) recorded serving lease: epoch, renewed_at and
+        expires_at (the ledger server's clock), and seconds left by that clock (negative:
+        ended)."""
         now = lease.NOW_SQL[self.engine.dialect.name]
         sql = (f"SELECT node, epoch, renewed_at, expires_at, expires_at - {now} "
-               "FROM serving_lease WHERE domain = :domain")
+               "FROM serving_lease WHERE domain = :domain"
+               + (" AND node = :node" if node else ""))
         with self.engine.connect() as conn:
-            rows = conn.execute(text(sql), {"domain": self.domain}).all()
+            rows = conn.execute(text(sql), {"domain": self.domain, "node": node}).all()
         return {r[0]: {"epoch": r[1], "renewed_at": r[2], "expires_at": r[3],
-                       "left": round(float(r[4]), 2)} for r in rows}
+                       "left": float(r[4])} for r in rows}
 
     def lease_events(self, limit: int = 20) -> list[dict[str, Any]]:
         """The newest ledger outages the nodes lived through, as they recorded them."""
