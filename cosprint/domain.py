@@ -94,7 +94,7 @@ class Detect(_Strict):
 
 class Lease(_Strict):
     """`[lease]`: how long a printing node prints on when it cannot read the ledger
-    (cosprint/lease.py; docs/architecture.md, "Leases")."""
+    (cosprint/lease.py; docs/architecture.md, invariant 14)."""
 
     ttl: float = lease.DEFAULT_TTL
     failsafe: bool = True  # past the lease, while every peer confirms it (Patroni's rule)

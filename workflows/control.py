@@ -141,19 +141,18 @@ class LeaseWaitError(CosfailError):
 def positively_down(steps: list[L.StepRow], server: str) -> str | None:
     """How this run made sure `server` serves no more, or None: a fence that confirmed
     it, or a stop by its own node's worker."""
-    for s in steps:
-        if s.state != L.SUCCEEDED:
-            continue
-        if s.task == fence_server.name and s.facts and s.facts.get("fenced"):
-            return f"fenced ({s.outcome})"
-        if s.task == stop_cosprint.name and s.node == server:
-            return f"its worker stopped it ({s.outcome})"
-    return None
+    fence = next((s for s in steps if s.task == fence_server.name and s.state == L.SUCCEEDED
+                  and s.facts and s.facts.get("fenced")), None)
+    if fence is not None:
+        return f"fenced ({fence.outcome})"
+    stop = stopped_by_run(steps, server)
+    return None if stop is None else f"its worker stopped it ({stop.outcome})"
 
 
-def stopped_by_run(steps: list[L.StepRow], node: str) -> bool:
-    return any(s.task == stop_cosprint.name and s.node == node and s.state == L.SUCCEEDED
-               for s in steps)
+def stopped_by_run(steps: list[L.StepRow], node: str) -> L.StepRow | None:
+    """The step of this run that stopped `node`'s COSprint, if one did."""
+    return next((s for s in steps if s.task == stop_cosprint.name and s.node == node
+                 and s.state == L.SUCCEEDED), None)
 
 
 def lease_wait(remaining: float | None, ttl: float, failsafe: bool,
@@ -191,14 +190,14 @@ def lease_note(server: str, stops_server: bool, remaining: float | None, ttl: fl
 @step("failover.wait_out_lease", WaitOutLease)
 def wait_out_lease(here: Here, arg: WaitOutLease) -> str:
     """Let the server's lease, and any failsafe it holds, run out before the BCS serves,
-    unless the server is positively down (docs/architecture.md, "Leases")."""
+    unless the server is positively down (docs/architecture.md, invariant 14)."""
     led = engine().ledger
     steps = led.steps(here.run_id)
     how = positively_down(steps, arg.server)
     if how:
         return f"no lease to wait out: {arg.server} is down, {how}"
     spec = here.domain.spec.lease
-    if spec.failsafe and not stopped_by_run(steps, arg.bcs):
+    if spec.failsafe and stopped_by_run(steps, arg.bcs) is None:
         raise LeaseWaitError(
             f"{arg.bcs}'s COSprint was not stopped by this run, so {arg.server} could "
             "still win failsafe rounds: cannot tell when it stops serving")

@@ -93,7 +93,7 @@ def move_hosting(plan: FailoverPlan, owner: str, file: str, fence: bool) -> list
         stages.append(Do(fence_server, FenceServer(server=plan.server)))
     stages.append(Each(stop_cosprint, {n: NoInput() for n in plan.stop}, required=False))
     # Before the BCS serves, the server has stopped serving: positively, or its lease
-    # and failsafe have run out (docs/architecture.md, "Leases").
+    # and failsafe have run out (docs/architecture.md, invariant 14).
     stages.append(Do(wait_out_lease, WaitOutLease(server=plan.server, bcs=plan.bcs)))
     if plan.with_spool:
         stages.append(Do(copy_spool, CopySpool(source=plan.server), node=plan.bcs))

@@ -81,7 +81,7 @@ class Service:
 
     def failsafe(self, body: dict[str, Any]) -> tuple[int, dict[str, Any]]:
         """A peer that cannot reach the ledger asks whether this node still sees it
-        serving under its master and epoch (docs/architecture.md, "Leases")."""
+        serving under its master and epoch (docs/architecture.md, invariant 14)."""
         master, epoch, asker = body.get("master"), body.get("epoch"), body.get("node")
         if not isinstance(master, str) or not isinstance(epoch, int) \
                 or not isinstance(asker, str):
