@@ -131,6 +131,10 @@ def test_reclaim_survives_a_kill_at_every_step(fault_cluster):
     assert len(report) >= 8
 
 
+# Switchover and failback run the failover's hosting core (workflows/failover.py,
+# move_hosting), whose every step the failover matrix kills in CI; their own matrices,
+# the two longest in the suite, run in `make soak` to keep CI under 30 minutes.
+@pytest.mark.soak
 @pytest.mark.timeout(1500)
 def test_switchover_survives_a_kill_at_every_step(fault_cluster):
     c, h = srv1_to_leave_alive(fault_cluster)
@@ -140,6 +144,7 @@ def test_switchover_survives_a_kill_at_every_step(fault_cluster):
     assert len(report) >= 10
 
 
+@pytest.mark.soak
 @pytest.mark.timeout(1500)
 def test_failback_survives_a_kill_at_every_step(fault_cluster):
     c, fp = srv1_on_bcs1(fault_cluster)
