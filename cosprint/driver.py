@@ -96,9 +96,10 @@ class Driver(ABC):
         an epoch not older than `min_epoch`, its checksum); else raise, tables whole."""
 
     @abstractmethod
-    def rehost(self, old_host: str, new_host: str) -> dict[str, int]:
+    def rehost(self, old_host: str, new_host: str, epoch: int) -> dict[str, int]:
         """Move every object `old_host` hosts to `new_host`, all six tables in one
-        transaction; the rows changed, per table."""
+        transaction, under `epoch`; the rows changed, per table. Tables a newer epoch
+        wrote refuse (`StaleEpochError`), unchanged."""
 
     @abstractmethod
     def read_designation(self) -> Designation | None:
@@ -106,7 +107,8 @@ class Driver(ABC):
 
     @abstractmethod
     def write_designation(self, designation: Designation) -> None:
-        """Replace the node's designation atomically (written whole, or not at all)."""
+        """Replace the node's designation atomically (written whole, or not at all); one
+        of an older epoch than the node's is refused (`StaleEpochError`), unchanged."""
 
     @abstractmethod
     def read_last_running(self) -> Designation | None:

@@ -25,7 +25,7 @@ from cosfail.cosprint.designation import Designation
 from cosfail.cosprint.domain import Domain, load_domain
 from cosfail.cosprint.drivers import driver_for
 from cosfail.cosprint.drivers.reference import ReferenceDriver
-from cosfail.cosprint.errors import DriverError
+from cosfail.cosprint.errors import DriverError, StaleEpochError
 from cosfail.cosprint.role import MASTER, SERVER, SLAVE, STALE, UNVERIFIED, decide_role
 from sqlalchemy import create_engine, insert, select
 
@@ -567,13 +567,32 @@ def test_driver_data_methods_work_on_the_nodes_files(
     manifest = drivers["srv1"].export_snapshot(snap, epoch=1, domain=DOMAIN_NAME)
     assert manifest.rows == 11
     bcs.import_snapshot(snap, min_epoch=1, domain=DOMAIN_NAME)
-    assert bcs.rehost("srv1", "bcs1")["queues"] == 2
+    assert bcs.rehost("srv1", "bcs1", epoch=2)["queues"] == 2
     bcs.write_designation(Designation("bcs1", 2))
     advance_authority(domain, Designation("bcs1", 2))
     bcs.start()
     assert bcs.status().role == MASTER  # type: ignore[union-attr]
     code, answer = bcs.submit("q-laser", "after failover")
     assert code == 202 and answer["printed_by"] == "bcs1"
+
+
+def test_a_table_write_or_re_point_stamped_with_an_older_epoch_is_refused_and_changes_nothing(
+    drivers: dict[str, ReferenceDriver]
+) -> None:
+    cl1 = drivers["cl1"]  # tables and designation at srv1@1
+    cl1.write_designation(Designation("bcs1", 3))
+    assert cl1.rehost("srv1", "bcs1", epoch=3)["queues"] == 2
+    with tables.connect(cl1.tables_url) as conn:
+        before = tables.rows_digest(conn)
+    with pytest.raises(StaleEpochError, match=r"^cl1's tables are at epoch 3: will not "
+                       r"rehost bcs1's objects to srv1 under epoch 2$"):
+        cl1.rehost("bcs1", "srv1", epoch=2)
+    with pytest.raises(StaleEpochError, match=r"^cl1 is at bcs1@3: will not go back to srv1@2$"):
+        cl1.write_designation(Designation("srv1", 2))
+    with tables.connect(cl1.tables_url) as conn:
+        assert tables.rows_digest(conn) == before
+        assert tables.read_pointer(conn) == ("cl1", 3)
+    assert cl1.read_designation() == Designation("bcs1", 3)
 
 
 def test_concurrent_jobs_through_a_client_are_each_printed_exactly_once(

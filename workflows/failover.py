@@ -101,10 +101,12 @@ def move_hosting(plan: FailoverPlan, owner: str, file: str, fence: bool) -> list
         stages.append(Do(restore_snapshot, RestoreSnapshot(candidates=plan.restore),
                          node=plan.bcs))
     for old, new_host in plan.replay:  # moves the restored snapshot predates
-        stages.append(Do(rehost_objects, RehostObjects(old_host=old, new_host=new_host),
+        stages.append(Do(rehost_objects, RehostObjects(old_host=old, new_host=new_host,
+                                                        epoch=plan.epoch_after),
                          node=plan.master_after))
     stages += [
-        Do(rehost_objects, RehostObjects(old_host=plan.server, new_host=plan.bcs),
+        Do(rehost_objects, RehostObjects(old_host=plan.server, new_host=plan.bcs,
+                                         epoch=plan.epoch_after),
            node=plan.master_after),
         Do(publish_tables, PublishTables(file=file, epoch=plan.epoch_after),
            node=plan.master_after),

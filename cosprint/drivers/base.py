@@ -10,6 +10,7 @@ from pathlib import Path
 from cosfail.cosprint import designation, tables
 from cosfail.cosprint import snapshot as snapshots
 from cosfail.cosprint.designation import Designation
+from cosfail.cosprint.errors import StaleEpochError
 
 
 class Children:
@@ -53,14 +54,26 @@ class NodeFiles:
         return snapshots.import_snapshot(snapshot, self.tables_url, domain=domain,
                                          min_epoch=min_epoch)
 
-    def rehost(self, old_host: str, new_host: str) -> dict[str, int]:
+    def rehost(self, old_host: str, new_host: str, epoch: int) -> dict[str, int]:
+        # The tables keep the highest epoch that wrote them: the fencing token a write
+        # from a run an epoch behind is refused by (docs/architecture.md, invariant 14).
         with tables.connect(self.tables_url) as conn:  # one transaction for all six tables
-            return tables.rehost(conn, old_host, new_host)
+            at = tables.read_pointer(conn)
+            if at is not None and at[1] > epoch:
+                raise StaleEpochError(
+                    f"{self.node}'s tables are at epoch {at[1]}: will not rehost "
+                    f"{old_host}'s objects to {new_host} under epoch {epoch}")
+            moved = tables.rehost(conn, old_host, new_host)
+            tables.write_pointer(conn, self.node, epoch)
+            return moved
 
     def read_designation(self) -> Designation | None:
         return designation.read(self.home / designation.DESIGNATION)
 
     def write_designation(self, d: Designation) -> None:
+        current = self.read_designation()
+        if current is not None and current.epoch > d.epoch:
+            raise StaleEpochError(f"{self.node} is at {current}: will not go back to {d}")
         designation.write(self.home / designation.DESIGNATION, d)
 
     def read_last_running(self) -> Designation | None:
