@@ -5,6 +5,7 @@ waits out the lease of a server it could not stop."""
 from __future__ import annotations
 
 import time
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -175,10 +176,11 @@ class LedgerAway:
             self.request.getfixturevalue("postgres_server").start()
 
 
-def recorded_outage(cluster: Any, node: str) -> dict[str, Any]:
-    """The ledger outage `node` recorded at its first renewal after the ledger's return."""
+def recorded_outage(cluster: Any, node: str, after: int = 0) -> dict[str, Any]:
+    """The ledger outage `node` recorded at its first renewal after the ledger's return:
+    the newest, once it has recorded more than `after`."""
     deadline = time.time() + 10
-    while not (events := [e for e in cluster.ledger.lease_events() if e["node"] == node]):
+    while len(events := [e for e in cluster.ledger.lease_events() if e["node"] == node]) <= after:
         assert time.time() < deadline, f"{node} never recorded its outage"
         time.sleep(0.2)
     return events[0]
@@ -221,27 +223,63 @@ def test_printing_goes_on_through_a_ledger_outage_of_two_ttls_in_failsafe(leased
     assert outage["until"] - outage["since"] >= TTL
 
 
-def test_with_the_ledger_away_and_one_peer_stopped_the_master_refuses_within_ttl(
-        leased, request):
+LIBFAKETIME = Path("/usr/lib/x86_64-linux-gnu/faketime/libfaketime.so.1")
+
+
+def restart_with_clock_off(cluster: Any, node: str, skew: str,
+                           monkeypatch: pytest.MonkeyPatch) -> None:
+    """`node`'s cosprintd again, its wall clock `skew` off (libfaketime), started from
+    this process, which keeps no fork server, so the preload takes. Its monotonic clock
+    stays the host's, whose origin no other host shares anyway: libfaketime's faked one
+    hangs Python's timed waits, which no host with a wrong clock does."""
+    driver = cluster.driver(node)
+    driver.stop()
+    with monkeypatch.context() as env:
+        env.setenv("LD_PRELOAD", str(LIBFAKETIME))
+        env.setenv("FAKETIME", skew)
+        env.setenv("FAKETIME_DONT_FAKE_MONOTONIC", "1")
+        driver.start()
+    off = time.time() - driver.report()["up_since"]
+    assert abs(abs(off) - 5 * 3600) < 60, f"{node}'s clock is {off:.0f} s off, not {skew}"
+
+
+def test_with_the_ledger_away_and_one_peer_stopped_the_master_refuses_at_its_leases_end(
+        leased, request, monkeypatch):
+    """Within ttl + 1 s of the cut, and not before its last renewal's lease ends, even
+    with its wall clock hours off either way."""
     c = leased
     queue = srv1_queue(c)
-    c.driver("cl2").stop()
-    with LedgerAway(c, request), JobSender(c, "srv1", queue) as client:  # the client stops first
-        away = time.monotonic()
-        time.sleep(TTL + 2)
-        report = c.driver("srv1").report()
-    refused = client.refused()
-    assert refused, "srv1 never stopped accepting"
-    first = refused[0][0] - away
-    assert first <= TTL + 1, first
-    assert all(a[1] == 202 for a in client.answers if a[0] < refused[0][0])
-    assert all(a[1] == 503 for a in client.answers if a[0] >= refused[0][0])  # for good
-    last = refused[-1][2]
-    assert refused[-1][1] == 503 and last["retriable"] is True, last
-    assert "lease ended, no failsafe (cl2 refused: no answer" in last["error"], last
-    assert report is not None and report["role"] == "unverified", report
-    assert recorded_outage(c, "srv1")["outcome"].startswith(
-        "stopped printing: lease ended, no failsafe (cl2 refused: no answer")
+    c.driver("cl2").stop()  # no failsafe: the lease alone decides
+    held_at_least = TTL - lease.renew_every(TTL) - lease.margin(TTL) - 0.3
+    for outages, skew in enumerate(("+5h", "-5h")):
+        restart_with_clock_off(c, "srv1", skew, monkeypatch)
+        with JobSender(c, "srv1", queue) as client:
+            time.sleep(TTL + 1)  # longer than one lease: it renews, whatever its clock says
+            holding = c.driver("srv1").report()
+            recorded = c.ledger.lease_remaining("srv1") or 0
+            with LedgerAway(c, request):
+                away = time.monotonic()
+                time.sleep(TTL + 1.5)
+                stopped = c.driver("srv1").report()
+            back = time.monotonic()
+            while c.driver("srv1").submit(queue, "probe")[0] != 202:
+                assert time.monotonic() < back + 5, f"{skew}: srv1 never printed again"
+                time.sleep(0.1)
+        before = [a for a in client.answers if a[0] < away]
+        assert before and all(a[1] == 202 for a in before), (skew, client.refused()[:2])
+        assert holding is not None and 0 < holding["lease"]["left"] <= TTL, (skew, holding)
+        if c.ledger.server_clock:  # on SQLite each host writes by its own clock
+            assert 0 < recorded <= TTL, (skew, recorded)
+        cut = [a for a in client.answers if away <= a[0] < back]
+        first = next(t for t, code, _ in cut if code != 202) - away
+        assert held_at_least <= first <= TTL + 1, (skew, first)
+        refused = [a for a in cut if a[0] >= away + first]
+        assert all(code == 503 and answer["retriable"] is True
+                   for _, code, answer in refused), skew  # for good, and retriable
+        assert "lease ended, no failsafe (cl2 refused: no answer" in refused[-1][2]["error"]
+        assert stopped is not None and stopped["role"] == "unverified", (skew, stopped)
+        assert recorded_outage(c, "srv1", after=outages)["outcome"].startswith(
+            "stopped printing: lease ended, no failsafe (cl2 refused: no answer"), skew
 
 
 def test_status_shows_each_nodes_lease_failsafe_first_then_its_own_count_then_the_ledgers():
