@@ -35,7 +35,6 @@ import subprocess
 import threading
 import time
 import uuid
-from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, replace
 from typing import Any
@@ -208,19 +207,29 @@ class Detector:
             log.warning("ping failed: %s", exc)
             return {}
 
-    def observe(self, nodes: Sequence[str] | None = None) -> dict[str, Seen]:
-        nodes = list(nodes or self.nodes)
+    def observe(self) -> dict[str, Seen]:
         pinged = self.pool.submit(self._ping)
         cos = {n: self.pool.submit(lambda n=n: self.drivers[n].status() is not None)
-               for n in nodes}
+               for n in self.nodes}
         answered = pinged.result()
         self.workers.update({n: w for n, w in answered.items() if n in self.drivers})
-        if nodes == self.nodes:
-            self.control_worker = "control" in answered
-            if set(answered) != self.answering:
-                self.answering = set(answered)
-                log.info("workers answering a ping: %s", ", ".join(sorted(answered)) or "none")
-        return {n: Seen(worker=n in answered, cosprint=cos[n].result()) for n in nodes}
+        self.control_worker = "control" in answered
+        if set(answered) != self.answering:
+            self.answering = set(answered)
+            log.info("workers answering a ping: %s", ", ".join(sorted(answered)) or "none")
+        return {n: Seen(worker=n in answered, cosprint=cos[n].result()) for n in self.nodes}
+
+    def last_look(self, node: str) -> Seen:
+        """`node` once more, just before its automatic failover: its COSprint, and its
+        worker unless the broker says that worker holds no connection (one that cannot
+        answer would make a ping wait out its whole timeout)."""
+        from cosfail.workers.app import connected_workers
+
+        cosprint = self.drivers[node].status() is not None
+        connected = connected_workers(self.domain)
+        if connected is not None and node not in connected:
+            return Seen(worker=False, cosprint=cosprint)
+        return Seen(worker=node in self._ping(), cosprint=cosprint)
 
     def peers_for(self, node: str) -> list[str]:
         """Live peers to ask, those on another host first."""
@@ -300,7 +309,9 @@ class Detector:
         for node in self.nodes:
             prev = self.states.get(node)
             conf = asking[node].result() if node in asking else None
-            new = transition(prev, node, seen[node], now, down_after, conf)
+            # A node is down from the moment a peer's confirmation came in.
+            new = transition(prev, node, seen[node], time.time() if conf else now,
+                             down_after, conf)
             if new.state == UP and prev is not None and prev.state != UP:
                 if node in self.handled:
                     new = replace(new, note=new.note + "; already failed over: its return "
@@ -349,7 +360,7 @@ class Detector:
             self.refuse(server, req, guards)
             return
         # Last look before acting: a server that answers again cancels the failover.
-        fresh = self.observe([server])[server]
+        fresh = self.last_look(server)
         if fresh.reachable:
             back = time.time()
             self.apply(liv, replace(transition(liv, server, fresh, back, self.cfg.down_after),
