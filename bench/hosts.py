@@ -5,7 +5,9 @@ the detector (`[detect] down_after = 2`, auto_failover) fails a SIGKILLed srv1 o
 itself; detection (kill to the first round that finds srv1 unreachable), confirmation
 (to "down" in the ledger: `down_after`, then a peer's second opinion), trigger (to the
 failover's run), lease wait, the rest of the chain, and the client's re-point (to the
-first job it gets accepted by bcs1). docs/architecture.md §7.4 budgets each.
+first job it gets accepted by bcs1). docs/architecture.md §7.6 budgets each. A third
+site, `cut`, is the hosts domain again with srv1's host cut off from every other host
+instead of killed: nothing can stop or fence srv1, so the failover waits out its lease.
 
 Two domains of the same shape (1 server, 1 BCS, 1 client, `--objects` objects) run side
 by side on this machine: one on loopback with a SQLite ledger (the demo's), one with
@@ -32,6 +34,7 @@ from typing import Any
 from cosfail.cosprint.domain import load_domain
 from cosfail.cosprint.drivers import driver_for
 from cosfail.cosprint.errors import DriverError
+from cosfail.launcher import hosts
 from cosfail.launcher.demo_domain import init_demo
 from cosfail.launcher.hosts import require_root
 from cosfail.launcher.local import LocalDomain, LoopbackRedis
@@ -54,6 +57,7 @@ AUTO_DETECT = ("\n[detect]\ndown_after = 2\ninterval = 0.5\nauto_failover = true
 PHASES = ("detection", "confirmation", "trigger", "lease_wait", "chain", "first_job",
           "outage")
 KINDS = ("loopback", "hosts")
+OUTAGE_KINDS = (*KINDS, "cut")  # cut: a hosts domain whose srv1 is cut off, not killed
 
 
 class Site:
@@ -62,7 +66,7 @@ class Site:
     def __init__(self, base: Path, kind: str, objects: int, broker: str | None,
                  auto: bool = False) -> None:
         path = init_demo(base / kind, servers=1, bcs=1, clients=1, objects=objects,
-                         broker=broker, hosts=kind == "hosts")
+                         broker=broker, hosts=kind != "loopback")
         if auto:
             path.write_text(path.read_text() + AUTO_DETECT)
         self.kind = kind
@@ -110,12 +114,20 @@ class Site:
                                   ("failback", failback))}
 
     def outage(self) -> dict[str, float]:
-        """Kill srv1 and time, by phase, until a client's job for one of srv1's queues
-        is accepted by bcs1; then bring srv1 back and fail it back for the next round."""
+        """Kill srv1 (cut its host off, on the `cut` site) and time, by phase, until a
+        client's job for one of srv1's queues is accepted by bcs1; then bring srv1 back
+        and fail it back for the next round."""
         queue = f"q-srv1-{1:04d}"
         client = driver_for(self.domain, "cl1")
+        lab = self.local.lab
         killed = time.time()
-        self.local.kill("srv1")
+        if self.kind == "cut":
+            assert lab is not None
+            for other in lab.hosts:
+                if other != "srv1":
+                    hosts.cut(lab, "srv1", other, both=True)
+        else:
+            self.local.kill("srv1")
         deadline = killed + 120
         while True:
             try:
@@ -135,6 +147,10 @@ class Site:
         suspect = next(r for r in reversed(seen) if r["state"] == "suspect")
         [wait] = [s for s in self.engine.ledger.steps(run_id) if s.name == "wait_out_lease"]
         lease_wait = (wait.finished_at or 0) - (wait.started_at or 0)
+        if self.kind == "cut":  # the host returns, and its operator restarts it
+            assert lab is not None
+            hosts.heal_all(lab)
+            self.local.kill("srv1")
         revived = time.time()
         self.local.revive("srv1")
         self.finish(self.newest("reclaim", revived))
@@ -206,13 +222,14 @@ def measure(objects: int, repeats: int, auto: bool) -> dict[str, Any]:
     base = Path(tempfile.mkdtemp(prefix="cosfail-bench-hosts-"))
     redis = LoopbackRedis(base / "redis")
     redis.start()
+    kinds = OUTAGE_KINDS if auto else KINDS
     children: list[Child] = []
     try:
-        children = [Child("loopback", base, objects, redis.url, auto),
-                    Child("hosts", base, objects, None, auto)]
+        children = [Child(k, base, objects, redis.url if k == "loopback" else None, auto)
+                    for k in kinds]
         for child in children:
             child.answer()  # ready
-        rounds: dict[str, list[dict[str, float]]] = {k: [] for k in KINDS}
+        rounds: dict[str, list[dict[str, float]]] = {k: [] for k in kinds}
         for _ in range(repeats):
             for child in children:  # interleaved: both see the same machine load
                 rounds[child.kind].append(child.round())
@@ -220,11 +237,11 @@ def measure(objects: int, repeats: int, auto: bool) -> dict[str, Any]:
         for child in children:
             child.close()
         redis.stop()
-    medians = {k: {w: median([r[w] for r in rounds[k]]) for w in rounds[k][0]} for k in KINDS}
+    medians = {k: {w: median([r[w] for r in rounds[k]]) for w in rounds[k][0]} for k in kinds}
     return {**header, "loadavg_end": os.getloadavg(), "objects": objects,
             "rounds": rounds, "median_ms": medians,
             "max_ms": {k: {w: max(r[w] for r in rounds[k]) for w in rounds[k][0]}
-                       for k in KINDS},
+                       for k in kinds},
             "ratio": {w: round(medians["hosts"][w] / medians["loopback"][w], 2)
                       for w in medians["hosts"] if medians["loopback"][w] > 0}}
 
@@ -233,7 +250,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--objects", type=int, default=10_000)
     parser.add_argument("--repeats", type=int, default=5)
-    parser.add_argument("--serve", choices=KINDS, help=argparse.SUPPRESS)
+    parser.add_argument("--serve", choices=OUTAGE_KINDS, help=argparse.SUPPRESS)
     parser.add_argument("--base", type=Path, help=argparse.SUPPRESS)
     parser.add_argument("--broker", help=argparse.SUPPRESS)
     parser.add_argument("--outage", action="store_true",
@@ -248,11 +265,11 @@ def main() -> None:
     write_json(out, results)
     print(machine_line(results))
     if args.outage:
-        print(f"{'phase':<11} {'loopback median/max ms':>24} {'hosts median/max ms':>22}")
+        print(f"{'phase':<13}" + "".join(f"{k + ' median/max ms':>26}" for k in OUTAGE_KINDS))
         for ph in PHASES:
-            print(f"{ph:<11} {results['median_ms']['loopback'][ph]:>14}/"
-                  f"{results['max_ms']['loopback'][ph]:<9} "
-                  f"{results['median_ms']['hosts'][ph]:>12}/{results['max_ms']['hosts'][ph]}")
+            print(f"{ph:<13}" + "".join(
+                f"{results['median_ms'][k][ph]:>15.0f}/{results['max_ms'][k][ph]:<10.0f}"
+                for k in OUTAGE_KINDS))
         print(f"wrote {out}")
         return
     print(f"{'workflow':<10} {'loopback ms':>12} {'hosts ms':>10} {'hosts/loopback':>15}")

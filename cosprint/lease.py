@@ -96,9 +96,20 @@ class Outage:
 
     def outcome(self) -> str:
         if self.stopped:
-            return f"stopped printing: {self.stopped}"[:200]
-        return "printed throughout, in failsafe past its lease" if self.failsafe \
-            else "printed throughout on its lease"
+            return f"{STOPPED}: {self.stopped}"[:200]
+        return f"{THROUGHOUT}, in failsafe past its lease" if self.failsafe \
+            else f"{THROUGHOUT} on its lease"
+
+
+STOPPED, THROUGHOUT = "stopped printing", "printed throughout"
+
+
+def outcome_kind(outcome: str) -> str:
+    """A recorded outage's outcome in one word, for a metric's label: "stopped",
+    "failsafe" (printed on past its lease) or "lease"."""
+    if outcome.startswith(STOPPED):
+        return "stopped"
+    return "failsafe" if "failsafe" in outcome else "lease"
 
 
 @dataclass(frozen=True)

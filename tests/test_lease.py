@@ -21,6 +21,8 @@ from cosfail.workflows.control import (
     positively_down,
     stopped_by_run,
 )
+from cosfail.workflows.metrics import render
+from prometheus_client.parser import text_string_to_metric_families
 
 # ----- decisions, without I/O -----------------------------------------------------------
 
@@ -186,6 +188,15 @@ def recorded_outage(cluster: Any, node: str, after: int = 0) -> dict[str, Any]:
     return events[0]
 
 
+def outage_metrics(cluster: Any, node: str) -> dict[tuple[str, str], float]:
+    """(sample, outcome) → value of `node`'s ledger-outage counters, as /metrics renders
+    them."""
+    return {(s.name, s.labels["outcome"]): s.value
+            for fam in text_string_to_metric_families(render(cluster.engine))
+            if fam.name.startswith("cosfail_ledger_outage")
+            for s in fam.samples if s.labels["node"] == node}
+
+
 def srv1_queue(cluster: Any) -> str:
     return next(q for q in (f"q-srv1-{i:04d}" for i in range(1, 21))
                 if cluster.driver("srv1").submit(q, "probe")[0] == 202)
@@ -221,6 +232,9 @@ def test_printing_goes_on_through_a_ledger_outage_of_two_ttls_in_failsafe(leased
     outage = recorded_outage(c, "srv1")
     assert outage["outcome"] == "printed throughout, in failsafe past its lease"
     assert outage["until"] - outage["since"] >= TTL
+    assert outage_metrics(c, "srv1") == {
+        ("cosfail_ledger_outages_total", "failsafe"): 1,
+        ("cosfail_ledger_outage_seconds_total", "failsafe"): outage["until"] - outage["since"]}
 
 
 LIBFAKETIME = Path("/usr/lib/x86_64-linux-gnu/faketime/libfaketime.so.1")
@@ -261,6 +275,7 @@ def test_with_the_ledger_away_and_one_peer_stopped_the_master_refuses_at_its_lea
                 away = time.monotonic()
                 time.sleep(TTL + 1.5)
                 stopped = c.driver("srv1").report()
+                healing = time.monotonic()  # PostgreSQL serves before pg_ctl returns
             back = time.monotonic()
             while c.driver("srv1").submit(queue, "probe")[0] != 202:
                 assert time.monotonic() < back + 5, f"{skew}: srv1 never printed again"
@@ -270,7 +285,7 @@ def test_with_the_ledger_away_and_one_peer_stopped_the_master_refuses_at_its_lea
         assert holding is not None and 0 < holding["lease"]["left"] <= TTL, (skew, holding)
         if c.ledger.server_clock:  # on SQLite each host writes by its own clock
             assert 0 < recorded <= TTL, (skew, recorded)
-        cut = [a for a in client.answers if away <= a[0] < back]
+        cut = [a for a in client.answers if away <= a[0] < healing]
         first = next(t for t, code, _ in cut if code != 202) - away
         assert held_at_least <= first <= TTL + 1, (skew, first)
         refused = [a for a in cut if a[0] >= away + first]
@@ -280,6 +295,7 @@ def test_with_the_ledger_away_and_one_peer_stopped_the_master_refuses_at_its_lea
         assert stopped is not None and stopped["role"] == "unverified", (skew, stopped)
         assert recorded_outage(c, "srv1", after=outages)["outcome"].startswith(
             "stopped printing: lease ended, no failsafe (cl2 refused: no answer"), skew
+    assert outage_metrics(c, "srv1")["cosfail_ledger_outages_total", "stopped"] == 2
 
 
 def test_status_shows_each_nodes_lease_failsafe_first_then_its_own_count_then_the_ledgers():

@@ -199,10 +199,14 @@ class Detector:
 
     # ----- observing ----------------------------------------------------------------------
     def _ping(self) -> dict[str, str]:
+        from cosfail.workers.app import connected_workers
         from cosfail.workflows.liveness import ping
 
         try:
-            return ping(timeout=PING_TIMEOUT)
+            # Only workers that hold a broker connection can answer: once they all have,
+            # the round goes on (a killed worker's silence costs no timeout).
+            connected = connected_workers(self.domain)
+            return ping(timeout=PING_TIMEOUT, expect=len(connected) if connected else None)
         except Exception as exc:  # the broker unreachable from here: nobody answers
             log.warning("ping failed: %s", exc)
             return {}

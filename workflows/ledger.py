@@ -517,6 +517,20 @@ class Ledger:
         return {r[0]: {"epoch": r[1], "renewed_at": r[2], "expires_at": r[3],
                        "left": float(r[4])} for r in rows}
 
+    def outage_totals(self) -> dict[tuple[str, str], tuple[int, float]]:
+        """(node, outcome kind) → (outages, seconds), over every ledger outage the nodes
+        recorded (the seconds by each node's own clock)."""
+        t = authority.lease_events
+        q = (select(t.c.node, t.c.outcome, func.count(), func.sum(t.c.until - t.c.since))
+             .where(t.c.domain == self.domain).group_by(t.c.node, t.c.outcome))
+        totals: dict[tuple[str, str], tuple[int, float]] = {}
+        with self.engine.connect() as conn:
+            for node, outcome, n, seconds in conn.execute(q):
+                key = (node, lease.outcome_kind(outcome))
+                had_n, had_s = totals.get(key, (0, 0.0))
+                totals[key] = (had_n + n, had_s + float(seconds or 0))
+        return totals
+
     def lease_events(self, limit: int = 20) -> list[dict[str, Any]]:
         """The newest ledger outages the nodes lived through, as they recorded them."""
         t = authority.lease_events

@@ -12,11 +12,12 @@ from cosfail.workers.steps import probe
 from cosfail.workflows.plan import NodeSeen
 
 
-def ping(timeout: float = 1.0) -> dict[str, str]:
-    """Node (or 'control') → worker hostname, for every worker that answers."""
+def ping(timeout: float = 1.0, expect: int | None = None) -> dict[str, str]:
+    """Node (or 'control') → worker hostname, for every worker that answers within
+    `timeout`, or as soon as `expect` have."""
     # A connection of its own: see fresh_connection.
     with fresh_connection() as conn:
-        replies = app.control.ping(timeout=timeout, connection=conn) or []
+        replies = app.control.ping(timeout=timeout, limit=expect, connection=conn) or []
     return {name.split("@")[0]: name for r in replies for name in r}
 
 

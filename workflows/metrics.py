@@ -12,7 +12,7 @@ from cosfail.workflows import ledger as L
 from cosfail.workflows.engine import Engine
 from cosfail.workflows.state import current_state
 from prometheus_client import CollectorRegistry, Gauge, generate_latest
-from prometheus_client.core import HistogramMetricFamily
+from prometheus_client.core import CounterMetricFamily, HistogramMetricFamily
 from prometheus_client.registry import Collector
 
 STEP_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60)
@@ -32,6 +32,28 @@ class StepDurations(Collector):
             buckets = [(str(b), n) for b, n in zip(STEP_BUCKETS, within, strict=True)]
             fam.add_metric([workflow, step], [*buckets, ("+Inf", count)], total)
         yield fam
+
+
+class LedgerOutages(Collector):
+    """The ledger outages the nodes printed through, or stopped in, as they recorded
+    them when the ledger returned."""
+
+    def __init__(self, eng: Engine) -> None:
+        self.eng = eng
+
+    def collect(self):  # type: ignore[no-untyped-def]
+        labels = ["node", "outcome"]
+        count = CounterMetricFamily(
+            "cosfail_ledger_outages", "Ledger outages a node lived through, by outcome: "
+            "lease (printed on its lease), failsafe (printed past it), stopped", labels=labels)
+        seconds = CounterMetricFamily(
+            "cosfail_ledger_outage_seconds", "Seconds of those outages, by outcome "
+            "(failsafe: the outages a node printed through in failsafe)", labels=labels)
+        for (node, outcome), (n, total) in self.eng.ledger.outage_totals().items():
+            count.add_metric([node, outcome], n)
+            seconds.add_metric([node, outcome], total)
+        yield count
+        yield seconds
 
 
 def render(eng: Engine) -> str:
@@ -72,4 +94,5 @@ def render(eng: Engine) -> str:
     for node, held in eng.ledger.leases().items():
         left.labels(node).set(held["left"])
     reg.register(StepDurations(eng))
+    reg.register(LedgerOutages(eng))
     return generate_latest(reg).decode()
