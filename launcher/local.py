@@ -331,7 +331,11 @@ class LocalDomain:
         comp = self.components().get(f"worker:{node}")
         if comp and comp.alive():
             os.kill(comp.pid, signal.SIGKILL)
-            _reap(comp.pid)
+            # Gone before this returns: a revive right after must not find it running.
+            deadline = time.time() + 5.0
+            while comp.alive() and time.time() < deadline:
+                _reap(comp.pid)
+                time.sleep(0.01)
         driver_for(self.domain, self.domain.node(node).name).kill()
 
     def revive(self, node: str) -> Component:
