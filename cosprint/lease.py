@@ -85,6 +85,9 @@ RECORD_OUTAGE_SQL = (
     "VALUES (:domain, :node, :epoch, :since, :until, :outcome)")
 
 
+STOPPED, THROUGHOUT = "stopped printing", "printed throughout"  # outcomes' openings
+
+
 @dataclass
 class Outage:
     """A ledger outage as one node lived it, on its own wall clock."""
@@ -99,9 +102,6 @@ class Outage:
             return f"{STOPPED}: {self.stopped}"[:200]
         return f"{THROUGHOUT}, in failsafe past its lease" if self.failsafe \
             else f"{THROUGHOUT} on its lease"
-
-
-STOPPED, THROUGHOUT = "stopped printing", "printed throughout"
 
 
 def outcome_kind(outcome: str) -> str:

@@ -138,6 +138,13 @@ def connected_workers(domain: Domain, timeout: float = 0.5) -> set[str] | None:
     return nodes or None
 
 
+def may_answer(domain: Domain, node: str) -> bool:
+    """Whether `node`'s worker can answer a ping: not when the broker says it holds no
+    connection (a ping would wait out its whole timeout for it)."""
+    connected = connected_workers(domain)
+    return connected is None or node in connected
+
+
 class BrokerUnreachable(Exception):
     """The broker named in the domain file does not answer."""
 

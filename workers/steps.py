@@ -17,7 +17,7 @@ from cosfail.cosprint.designation import Designation
 from cosfail.cosprint.drivers import driver_for
 from cosfail.cosprint.errors import CosfailError, DriverError, SnapshotError
 from cosfail.workers import transport
-from cosfail.workers.app import app, connected_workers, current_domain
+from cosfail.workers.app import app, current_domain, may_answer
 from cosfail.workers.step import Here, Outcome, step, this_node, worker_id
 from sqlalchemy import func, select
 
@@ -201,15 +201,13 @@ def check_peer(node: str, worker: str | None = None, timeout: float = 0.5) -> di
     domain = current_domain()
     cosprint = driver_for(domain, node).status() is not None
     worker_answers = False
-    if not cosprint:  # an answering COSprint already contradicts "down"
-        connected = connected_workers(domain)
-        # A worker that holds no broker connection cannot answer: no ping waits for it.
-        if connected is None or node in connected:
-            # A fresh connection: a pooled one can drop every reply (workflows/liveness.py).
-            with app.connection_for_write() as conn:
-                replies = app.control.ping(destination=[worker] if worker else None,
-                                           timeout=timeout, connection=conn) or []
-            worker_answers = any(name.split("@")[0] == node for r in replies for name in r)
+    # An answering COSprint already contradicts "down".
+    if not cosprint and may_answer(domain, node):
+        # A fresh connection: a pooled one can drop every reply (workflows/liveness.py).
+        with app.connection_for_write() as conn:
+            replies = app.control.ping(destination=[worker] if worker else None,
+                                       timeout=timeout, connection=conn) or []
+        worker_answers = any(name.split("@")[0] == node for r in replies for name in r)
     return {"from": this_node(), "node": node, "cosprint": cosprint,
             "worker": worker_answers}
 

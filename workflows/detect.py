@@ -227,13 +227,11 @@ class Detector:
         """`node` once more, just before its automatic failover: its COSprint, and its
         worker unless the broker says that worker holds no connection (one that cannot
         answer would make a ping wait out its whole timeout)."""
-        from cosfail.workers.app import connected_workers
+        from cosfail.workers.app import may_answer
 
         cosprint = self.drivers[node].status() is not None
-        connected = connected_workers(self.domain)
-        if connected is not None and node not in connected:
-            return Seen(worker=False, cosprint=cosprint)
-        return Seen(worker=node in self._ping(), cosprint=cosprint)
+        return Seen(worker=may_answer(self.domain, node) and node in self._ping(),
+                    cosprint=cosprint)
 
     def peers_for(self, node: str) -> list[str]:
         """Live peers to ask, those on another host first."""
@@ -314,7 +312,7 @@ class Detector:
             prev = self.states.get(node)
             conf = asking[node].result() if node in asking else None
             # A node is down from the moment a peer's confirmation came in.
-            new = transition(prev, node, seen[node], time.time() if conf else now,
+            new = transition(prev, node, seen[node], time.time() if conf is not None else now,
                              down_after, conf)
             if new.state == UP and prev is not None and prev.state != UP:
                 if node in self.handled:
