@@ -119,6 +119,13 @@ class Driver(ABC):
         """Replace the last-running record atomically."""
 
     @abstractmethod
+    def failsafe_confirmed_ago(self) -> float | str | None:
+        """Seconds since COSprint here last confirmed a peer's failsafe round, as
+        `cosprint.lease.confirmed_ago` says: NEVER if it never did, None if it cannot
+        tell. Read on this node's host, once COSprint is stopped, it bounds the rounds
+        a failed server could still print on."""
+
+    @abstractmethod
     def spool_paths(self) -> list[Path]:
         """The files of the jobs COSprint accepted and has not printed, oldest first:
         what reclaim sets aside."""

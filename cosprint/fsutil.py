@@ -50,3 +50,8 @@ def atomic_copy(src: Path, dest: Path) -> None:
         os.fsync(fout.fileno())
     os.replace(tmp, dest)
     fsync_dir(dest.parent)
+
+
+def boot_id() -> str:
+    """The kernel's id of this boot: monotonic clock readings compare only within one."""
+    return Path("/proc/sys/kernel/random/boot_id").read_text().strip()

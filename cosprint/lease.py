@@ -14,7 +14,9 @@ the server recorded, whatever its wall clock says.
 
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass
+from pathlib import Path
 
 DEFAULT_TTL = 10.0
 MIN_TTL = 5.0
@@ -45,6 +47,50 @@ def failover_wait(ttl: float) -> float:
     """How long after every peer stopped a failover waits at least: any failsafe round
     the old master won before has run out by then."""
     return failsafe_grant(ttl) + margin(ttl)
+
+
+# A node's last failsafe confirmation of a peer, in its home: written before the answer
+# leaves, so a failover that stopped the node knows how long rounds it confirmed may last.
+CONFIRMED = Path("var/failsafe_confirmed")
+NEVER = "never"  # what a stopped node says of its confirmations when it made none
+
+
+def confirmation_record(at: float, boot: str, asker: str, master: str, epoch: int) -> bytes:
+    """The record of a confirmation made at `at` on the monotonic clock of boot `boot`."""
+    return json.dumps({"monotonic": at, "boot": boot, "asker": asker, "master": master,
+                       "epoch": epoch}).encode() + b"\n"
+
+
+def confirmed_ago(record: bytes | None, now: float, boot: str) -> float | str | None:
+    """Seconds between the node's last confirmation and `now` (both on this boot's
+    monotonic clock); NEVER without a record; None when the record cannot tell (written
+    under another boot, whose clock does not compare, or malformed)."""
+    if record is None:
+        return NEVER
+    try:
+        data = json.loads(record)
+        at, at_boot = float(data["monotonic"]), data["boot"]
+    except (ValueError, KeyError, TypeError):
+        return None
+    return max(0.0, now - at) if at_boot == boot else None
+
+
+def failsafe_wait(ttl: float, confirmed: dict[str, float | str]) -> tuple[float, str]:
+    """How long from now a failover still waits for failsafe rounds the server may have
+    won, and why, from what each peer the run stopped said at its stop of its last
+    confirmation (seconds before, or NEVER). A round needs every peer's confirmation and
+    lasts `failsafe_grant` from its start, which precedes each confirmation: one stopped
+    peer whose last confirmation is older than that ends them all. Without word from a
+    stopped peer, the whole `failover_wait`."""
+    if not confirmed:
+        return failover_wait(ttl), "any failsafe round it won has run out"
+    peer, ago = max(confirmed.items(), key=lambda kv: float("inf") if kv[1] == NEVER
+                    else float(kv[1]))
+    if ago == NEVER:
+        return 0.0, f"it won no failsafe round: {peer} confirmed none"
+    left = max(0.0, failover_wait(ttl) - float(ago))
+    return left, (f"{peer} last confirmed a failsafe round {float(ago):.1f} s before "
+                  "its stop, and that round has run out")
 
 
 def ttl_problem(ttl: float) -> str | None:

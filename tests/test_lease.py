@@ -105,33 +105,55 @@ def test_a_server_counts_as_down_only_when_fenced_or_stopped_by_its_own_worker()
     assert not stopped_by_run([skipped], "srv1")
 
 
-def test_the_failover_waits_the_recorded_lease_and_any_failsafe_round_out():
+def test_the_failover_waits_the_recorded_lease_or_the_failsafe_rounds_whichever_is_later():
     ttl = 10.0
-    assert lease_wait(None, ttl, failsafe=False) == 0.0
-    assert lease_wait(-3.0, ttl, failsafe=False) == lease.margin(ttl)
-    assert lease_wait(7.0, ttl, failsafe=False) == 7.0 + lease.margin(ttl)
-    assert lease_wait(None, ttl, failsafe=True) == lease.failover_wait(ttl)
-    assert lease_wait(9.5, ttl, failsafe=True) == 9.5 + lease.margin(ttl)
+    assert lease_wait(None, ttl, 0.0) == 0.0
+    assert lease_wait(-3.0, ttl, 0.0) == lease.margin(ttl)
+    assert lease_wait(7.0, ttl, 0.0) == 7.0 + lease.margin(ttl)
+    assert lease_wait(None, ttl, lease.failover_wait(ttl)) == lease.failover_wait(ttl)
+    assert lease_wait(9.5, ttl, lease.failover_wait(ttl)) == 9.5 + lease.margin(ttl)
     # a renewing host's clock far ahead: no lease outlives ttl after the new epoch
-    assert lease_wait(3 * 3600.0, ttl, failsafe=False) == ttl + lease.margin(ttl)
+    assert lease_wait(3 * 3600.0, ttl, 0.0) == ttl + lease.margin(ttl)
+
+
+def test_failsafe_rounds_are_waited_out_unless_a_stopped_peer_confirmed_none_lately():
+    ttl, whole = 10.0, lease.failover_wait(10.0)
+    # no word from any stopped peer (a worker too old to say, a record of another boot)
+    assert lease.failsafe_wait(ttl, {}) == (whole, "any failsafe round it won has run out")
+    # a round needs every peer: one that confirmed none ends them all
+    assert lease.failsafe_wait(ttl, {"bcs1": 0.2, "cl1": lease.NEVER}) == \
+        (0.0, "it won no failsafe round: cl1 confirmed none")
+    # the peer whose last confirmation is oldest bounds the rounds
+    left, why = lease.failsafe_wait(ttl, {"bcs1": 0.5, "cl1": 3.0})
+    assert left == pytest.approx(whole - 3.0)
+    assert why.startswith("cl1 last confirmed a failsafe round 3.0 s before its stop")
+    assert lease.failsafe_wait(ttl, {"bcs1": whole + 1})[0] == 0.0
+
+
+def test_a_confirmation_record_tells_its_age_only_on_the_boot_that_wrote_it():
+    record = lease.confirmation_record(100.0, "boot-a", "srv1", "srv1", 4)
+    assert lease.confirmed_ago(record, 103.5, "boot-a") == 3.5
+    assert lease.confirmed_ago(record, 103.5, "boot-b") is None  # clocks do not compare
+    assert lease.confirmed_ago(None, 103.5, "boot-a") == lease.NEVER
+    assert lease.confirmed_ago(b"{not json", 103.5, "boot-a") is None
+    assert lease.confirmed_ago(b'{"boot": "boot-a"}', 103.5, "boot-a") is None
 
 
 def test_on_sqlite_a_held_lease_counts_as_a_whole_ttl_whatever_the_hosts_clocks_wrote():
     ttl = 10.0
     for skewed in (-3 * 3600.0, -1.0, 2.0, 3 * 3600.0):  # a renewing host hours behind
-        assert lease_wait(skewed, ttl, failsafe=False, server_clock=False) == \
-            ttl + lease.margin(ttl)
-    assert lease_wait(None, ttl, failsafe=False, server_clock=False) == 0.0
+        assert lease_wait(skewed, ttl, 0.0, server_clock=False) == ttl + lease.margin(ttl)
+    assert lease_wait(None, ttl, 0.0, server_clock=False) == 0.0
 
 
 def test_the_plan_says_how_long_the_lease_wait_may_take():
     assert lease_note("srv1", True, 8.0, 10.0, True) == \
         "no lease wait: srv1's worker answers and stops its COSprint"
     assert lease_note("srv1", False, 8.0, 10.0, False) == (
-        "unless srv1 is fenced, the failover waits 9.0 s for it to stop serving before "
-        "its BCS starts (srv1 has 8.0 s of lease left)")
+        "unless srv1 is fenced, the failover waits up to 9.0 s for it to stop serving "
+        "before its BCS starts (srv1 has 8.0 s of lease left)")
     assert lease_note("srv1", False, None, 10.0, True).startswith(
-        f"unless srv1 is fenced, the failover waits {lease.failover_wait(10.0):.1f} s")
+        f"unless srv1 is fenced, the failover waits up to {lease.failover_wait(10.0):.1f} s")
     assert lease_note("srv1", False, -4.0, 10.0, True).endswith(
         "(srv1 has no lease left, plus any failsafe round it won)")
 
@@ -213,6 +235,8 @@ def test_printing_goes_on_through_a_ledger_outage_of_two_ttls_in_failsafe(leased
             during = srv1.report()
             time.sleep(TTL - 1)
         back = time.monotonic()
+        # what a failover that stopped them would read: each peer's last confirmation
+        confirmed = {n: c.driver(n).failsafe_confirmed_ago() for n in ("bcs1", "cl1", "cl2")}
         while "ledger unreadable" in (srv1.report() or {}).get("reason", "ledger unreadable"):
             assert time.monotonic() < back + 5, srv1.report()
             time.sleep(0.05)
@@ -224,6 +248,8 @@ def test_printing_goes_on_through_a_ledger_outage_of_two_ttls_in_failsafe(leased
     assert client.refused() == [], client.refused()[:3]
     assert len(client.answers) >= 5 * 2 * TTL - 5
     assert normal_after < 1.0, normal_after
+    assert all(isinstance(ago, float) and ago <= lease.failsafe_grant(TTL)
+               for ago in confirmed.values()), confirmed
     ids = [a[2]["job_id"] for a in client.answers]
     for job_id in (ids[0], ids[len(ids) // 2], ids[-1]):
         assert c.wait_printed("srv1", job_id), job_id
@@ -290,12 +316,17 @@ def test_with_the_ledger_away_and_one_peer_stopped_the_master_refuses_at_its_lea
         assert held_at_least <= first <= TTL + 1, (skew, first)
         refused = [a for a in cut if a[0] >= away + first]
         assert all(code == 503 and answer["retriable"] is True
-                   for _, code, answer in refused), skew  # for good, and retriable
+                   for _, code, answer in refused), (skew, first, [  # for good, retriable
+                       (round(t - away, 2), code, answer) for t, code, answer in refused
+                       if code != 503 or answer.get("retriable") is not True])
         assert "lease ended, no failsafe (cl2 refused: no answer" in refused[-1][2]["error"]
         assert stopped is not None and stopped["role"] == "unverified", (skew, stopped)
         assert recorded_outage(c, "srv1", after=outages)["outcome"].startswith(
             "stopped printing: lease ended, no failsafe (cl2 refused: no answer"), skew
     assert outage_metrics(c, "srv1")["cosfail_ledger_outages_total", "stopped"] == 2
+    # bcs1 confirmed srv1 in rounds that cl2's silence failed; cl2 never confirmed one
+    assert isinstance(c.driver("bcs1").failsafe_confirmed_ago(), float)
+    assert c.driver("cl2").failsafe_confirmed_ago() == lease.NEVER
 
 
 def test_status_shows_each_nodes_lease_failsafe_first_then_its_own_count_then_the_ledgers():

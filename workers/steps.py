@@ -241,10 +241,19 @@ class NoInput:
 
 
 @step("failover.stop_cosprint", NoInput)
-def stop_cosprint(here: Here, arg: NoInput) -> str:
+def stop_cosprint(here: Here, arg: NoInput) -> Outcome:
+    """Stop this node's COSprint, and say when it last confirmed a peer's failsafe
+    round (fact `failsafe_confirmed`, left out when it cannot tell): the failover's
+    lease wait counts on it."""
     was_running = here.driver.stop()
-    return f"stopped COSprint on {here.node}" if was_running else \
+    text = f"stopped COSprint on {here.node}" if was_running else \
         f"COSprint was already stopped on {here.node}"
+    confirmed = here.driver.failsafe_confirmed_ago()
+    if confirmed is None:
+        return Outcome(text)
+    if isinstance(confirmed, float):
+        text += f"; it confirmed a failsafe round {confirmed:.1f} s before"
+    return Outcome(text, {"failsafe_confirmed": confirmed})
 
 
 @dataclass(frozen=True)

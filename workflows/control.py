@@ -155,11 +155,11 @@ def stopped_by_run(steps: list[L.StepRow], node: str) -> L.StepRow | None:
                  and s.state == L.SUCCEEDED), None)
 
 
-def lease_wait(remaining: float | None, ttl: float, failsafe: bool,
+def lease_wait(remaining: float | None, ttl: float, failsafe_left: float,
                server_clock: bool = True) -> float:
     """Seconds to wait, once every COSprint the run could stop is stopped, before the
-    BCS may serve: the server's recorded lease plus a margin, and with failsafe, any
-    failsafe round it won before its peers stopped.
+    BCS may serve: the server's recorded lease plus a margin, or the failsafe rounds it
+    may have won (`cosprint.lease.failsafe_wait`), whichever ends later.
 
     A renewal at the old epoch cannot land after `advance_epoch`, so no lease runs
     longer than ttl from now. The recorded time left is trusted only when it was
@@ -170,21 +170,30 @@ def lease_wait(remaining: float | None, ttl: float, failsafe: bool,
     else:
         left = min(remaining, ttl) if server_clock else ttl
         lease_end = max(0.0, left) + lease.margin(ttl)
-    return max(lease_end, lease.failover_wait(ttl) if failsafe else 0.0)
+    return max(lease_end, failsafe_left)
 
 
 def lease_note(server: str, stops_server: bool, remaining: float | None, ttl: float,
                failsafe: bool, server_clock: bool = True) -> str:
     """What the plan says of the lease wait: none when the run's own stop reaches the
-    server, else how long, unless a fence confirms the server down."""
+    server, else how long at most, unless a fence confirms the server down."""
     if stops_server:
         return f"no lease wait: {server}'s worker answers and stops its COSprint"
     held = "holds no lease" if remaining is None else (
         f"has {remaining:.1f} s of lease left" if remaining > 0 else "has no lease left")
-    return (f"unless {server} is fenced, the failover waits "
-            f"{lease_wait(remaining, ttl, failsafe, server_clock):.1f} s for it to stop serving "
-            f"before its BCS starts ({server} {held}"
+    most = lease_wait(remaining, ttl, lease.failover_wait(ttl) if failsafe else 0.0,
+                      server_clock)
+    return (f"unless {server} is fenced, the failover waits up to {most:.1f} s for it to "
+            f"stop serving before its BCS starts ({server} {held}"
             + (", plus any failsafe round it won)" if failsafe else ")"))
+
+
+def confirmations(steps: list[L.StepRow], server: str) -> dict[str, float | str]:
+    """What each peer of `server` this run stopped said of its last failsafe
+    confirmation (the fact of its `stop_cosprint`), by peer."""
+    return {s.node: s.facts["failsafe_confirmed"] for s in steps
+            if s.task == stop_cosprint.name and s.state == L.SUCCEEDED and s.node
+            and s.node != server and s.facts and "failsafe_confirmed" in s.facts}
 
 
 @step("failover.wait_out_lease", WaitOutLease)
@@ -202,12 +211,14 @@ def wait_out_lease(here: Here, arg: WaitOutLease) -> str:
             f"{arg.bcs}'s COSprint was not stopped by this run, so {arg.server} could "
             "still win failsafe rounds: cannot tell when it stops serving")
     remaining = led.lease_remaining(arg.server)
-    wait = lease_wait(remaining, spec.ttl, spec.failsafe, led.server_clock)
+    failsafe_left, failsafe_why = lease.failsafe_wait(spec.ttl, confirmations(
+        steps, arg.server)) if spec.failsafe else (0.0, "")
+    wait = lease_wait(remaining, spec.ttl, failsafe_left, led.server_clock)
     time.sleep(wait)
     held = "held no lease" if remaining is None else \
         f"had {max(0.0, remaining):.1f} s of lease left"
     return (f"waited {wait:.1f} s for {arg.server} to stop serving: it {held}"
-            + (", and failsafe rounds it won have run out" if spec.failsafe else ""))
+            + (f"; {failsafe_why}" if failsafe_why else ""))
 
 
 @dataclass(frozen=True)

@@ -357,7 +357,7 @@ class Detector:
             liv, now, self.cfg, eng.ledger.holder(L.HOSTING_LOCK),
             auto_failover_times(eng, now), is_master, newest_snapshot_age(eng, server, now),
             self.control_worker)
-        req = FailoverRequest(server=server, best=True)
+        req = FailoverRequest(server=server, best=True, seen_down=True)
         if guards:
             self.refuse(server, req, guards)
             return

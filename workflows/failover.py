@@ -121,8 +121,9 @@ def move_hosting(plan: FailoverPlan, owner: str, file: str, fence: bool) -> list
 
 def plan_now(eng: Engine, req: FailoverRequest) -> FailoverPlan | Refusal:
     """Probe the domain and plan; the plan says how long its lease wait may take."""
-    plan = plan_failover(eng.domain, current_state(eng), probe_all(eng.domain), req,
-                         time.time(), eng.ledger.hosting_moves())
+    seen = probe_all(eng.domain, suspect=req.server if req.seen_down else None)
+    plan = plan_failover(eng.domain, current_state(eng), seen, req, time.time(),
+                         eng.ledger.hosting_moves())
     if isinstance(plan, Refusal):
         return plan
     spec = eng.domain.spec.lease

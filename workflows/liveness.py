@@ -47,19 +47,27 @@ POLL = 0.025
 # about 1 s per 80 MB snapshot (1M objects) on a loaded 2-core machine. Only a worker
 # that holds its broker connection yet does not answer (frozen) is waited on this long.
 PROBE_TIMEOUT = 6.0
+# A server the detector has just seen down is waited on less: one cut off from the
+# broker keeps its connection listed until TCP gives up, minutes later, and one too slow
+# to answer only counts as not answering (its failover waits out its lease).
+SUSPECT_TIMEOUT = 1.5
 
 
 def probe_all(domain: Domain, nodes: list[str] | None = None,
-              timeout: float = PROBE_TIMEOUT) -> dict[str, NodeSeen]:
+              timeout: float = PROBE_TIMEOUT, suspect: str | None = None
+              ) -> dict[str, NodeSeen]:
     """Ask every node's worker what it sees, in parallel; a node whose worker does not
-    answer within `timeout` is asked for its COSprint status directly.
+    answer within `timeout` (`SUSPECT_TIMEOUT` for the `suspect`) is asked for its
+    COSprint status directly.
 
     A worker that holds no connection to the broker cannot answer: it is not waited on
     (a failover's dead server would otherwise hold the failover's accept for `timeout`).
     """
     nodes = nodes or domain.names()
     pending = {n: probe.apply_async(queue=node_queue(n), expires=timeout) for n in nodes}
-    deadline = time.time() + timeout
+    start = time.time()
+    deadline = {n: start + (min(timeout, SUSPECT_TIMEOUT) if n == suspect else timeout)
+                for n in nodes}
     reports: dict[str, dict] = {}  # type: ignore[type-arg]
     while pending:
         for node in [n for n, r in pending.items() if r.ready()]:
@@ -69,14 +77,15 @@ def probe_all(domain: Domain, nodes: list[str] | None = None,
                 # pool; a probe from a worker's start-up thread blocks no pool slot.
                 reports[node] = result.get(disable_sync_subtasks=False)
             result.forget()
-        if not pending or time.time() >= deadline:
+        now = time.time()
+        for late in [n for n in pending if now >= deadline[n]]:
+            pending.pop(late).forget()
+        if not pending:
             break
         connected = connected_workers(domain)
         for gone in [n for n in pending if connected is not None and n not in connected]:
             pending.pop(gone).forget()
         time.sleep(POLL)
-    for result in pending.values():  # no answer in time: expired, or a worker too slow
-        result.forget()
     seen: dict[str, NodeSeen] = {}
     for node in nodes:
         report = reports.get(node)

@@ -69,6 +69,9 @@ class FailoverRequest:
     best: bool = False
     force: bool = False
     with_spool: bool = False  # also copy the server's pending spool files to the BCS
+    # The detector and a second node have just seen the server down: its probe is not
+    # waited on long (workflows/liveness.py, SUSPECT_TIMEOUT).
+    seen_down: bool = False
 
 
 @dataclass(frozen=True)

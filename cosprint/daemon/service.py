@@ -12,12 +12,12 @@ import time
 from pathlib import Path
 from typing import Any
 
-from cosfail.cosprint import plainsql
+from cosfail.cosprint import lease, plainsql
 from cosfail.cosprint.daemon import peers
 from cosfail.cosprint.daemon.keeper import RoleKeeper
 from cosfail.cosprint.daemon.settings import Settings, open_tables
 from cosfail.cosprint.daemon.spool import JOB_SUFFIX, REJECTED_DIR, SINK_DIR, list_spool, spool_job
-from cosfail.cosprint.fsutil import fsync_dir
+from cosfail.cosprint.fsutil import atomic_write_bytes, boot_id, fsync_dir
 from cosfail.cosprint.role import PRINTING_ROLES, UNVERIFIED
 
 log = logging.getLogger("cosprintd")
@@ -45,6 +45,7 @@ class Service:
         self.wake = threading.Event()
         self._accept_lock = threading.Lock()
         self._count_lock = threading.Lock()
+        self._confirm_lock = threading.Lock()
         self._counts = {"accepted": 0, "forwarded": 0, "refused": 0}  # since this start
         self._intake_open = True  # closed by a graceful stop, before its last drain
         self.printed: set[str] = set()
@@ -90,9 +91,18 @@ class Service:
         serving = self._intake_open and not self.stop_event.is_set()
         why = self.keeper.failsafe_answer(master, epoch, serving)
         if why is None:
+            self._record_confirmation(asker, master, epoch)
             log.warning("failsafe: confirmed %s serving under %s@%d", asker, master, epoch)
             return 200, {"confirm": True, "node": self.node}
         return 200, {"confirm": False, "node": self.node, "why": f"{self.node}: {why}"}
+
+    def _record_confirmation(self, asker: str, master: str, epoch: int) -> None:
+        """Before the answer leaves: a failover that stops this node reads when it last
+        confirmed (docs/architecture.md, invariant 14). Under the lock, the record only
+        moves forward in time."""
+        with self._confirm_lock:
+            atomic_write_bytes(self.home / lease.CONFIRMED, lease.confirmation_record(
+                time.monotonic(), boot_id(), asker, master, epoch))
 
     def job_counts(self) -> dict[str, Any]:
         return {

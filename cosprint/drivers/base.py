@@ -5,12 +5,14 @@ from __future__ import annotations
 
 import subprocess
 import threading
+import time
 from pathlib import Path
 
-from cosfail.cosprint import designation, tables
+from cosfail.cosprint import designation, lease, tables
 from cosfail.cosprint import snapshot as snapshots
 from cosfail.cosprint.designation import Designation
 from cosfail.cosprint.errors import StaleEpochError
+from cosfail.cosprint.fsutil import boot_id
 
 
 class Children:
@@ -81,3 +83,11 @@ class NodeFiles:
 
     def write_last_running(self, d: Designation) -> None:
         designation.write(self.home / designation.LAST_RUNNING, d)
+
+    def failsafe_confirmed_ago(self) -> float | str | None:
+        # A service that has no failsafe answer (cupsd) never writes the record.
+        try:
+            record: bytes | None = (self.home / lease.CONFIRMED).read_bytes()
+        except FileNotFoundError:
+            record = None
+        return lease.confirmed_ago(record, time.monotonic(), boot_id())
