@@ -20,6 +20,7 @@ from cosfail.cosprint.snapshot import import_snapshot, list_snapshots
 from cosfail.launcher.demo_domain import init_demo
 from cosfail.launcher.local import pid_alive
 from cosfail.workers.steps import OUTBOX, is_verified
+from cosfail.workflows import ledger as L
 from cosfail.workflows import trigger
 from cosfail.workflows.backup import BACKUP, BackupRequest
 
@@ -224,6 +225,38 @@ def test_beat_every_second_backs_up_never_two_at_once_and_records_skips(make_clu
         k = order.index(holder)
         after = spans[k - 1][1] if k else 0.0
         assert after <= r["created_at"] <= spans[k][1], (r, spans)
+
+
+def test_a_backup_no_worker_took_fails_saying_so_and_frees_the_schedule(make_cluster):
+    """The master's worker stopped (SIGSTOP): the export waits in its queue past
+    step_expires, the run fails saying so, and the next backup runs instead of being
+    skipped behind a failed run (as it was, for the lock's 600 s lease)."""
+    c = make_cluster(servers=1, bcs=1, clients=0, objects=100, up=False)
+    c.amend_domain(control={"step_expires": 3.0})
+    c.up()
+    pid = c.worker_pid("srv1")
+    os.kill(pid, signal.SIGSTOP)
+    try:
+        stuck = trigger.run(c.engine, BACKUP, BackupRequest(), "test", "srv1's worker stopped")
+        failed = c.wait(stuck.run_id)
+    finally:
+        os.kill(pid, signal.SIGCONT)
+    assert failed["state"] == "failed", failed
+    assert "no worker of srv1 took the step within 3 s" in failed["error"], failed["error"]
+    assert c.ledger.holder(L.BACKUP_LOCK) is None
+    following = trigger.run(c.engine, BACKUP, BackupRequest(), "test", "the next slot")
+    assert following.state == "running", c.ledger.run(following.run_id)["reason"]
+    assert c.wait(following.run_id)["state"] == "succeeded"
+
+
+def test_a_skipped_run_says_truly_what_its_lock_holder_is_doing():
+    assert trigger.skip_reason(L.BACKUP_LOCK, "r1", "running") == \
+        "skipped: backup run r1 is still running"
+    assert trigger.skip_reason(L.HOSTING_LOCK, "r2", "failed") == (
+        "skipped: hosting change run r2 failed and holds the domain's lock until it is "
+        "resumed (cosfail resume r2)")
+    assert trigger.skip_reason(L.BACKUP_LOCK, "r3", None) == \
+        "skipped: backup run r3 (not in the ledger) holds the lock"
 
 
 # ----- a worker killed in the middle of the copy -----------------------------------------

@@ -197,10 +197,10 @@ class Engine:
             if s.member:
                 self.give_up(s.run_id, s.idx, {s.node: reason}, skip=False)
                 continue
-            self.ledger.update_step(s.run_id, s.idx, s.node, state=L.FAILED, error=reason,
-                                    finished_at=now)
-            self.ledger.set_run_state(s.run_id, L.FAILED,
-                                      error=f"step {s.idx} {s.name}: {reason}")
+            with self.ledger.tx() as conn:
+                self.ledger.update_step(s.run_id, s.idx, s.node, state=L.FAILED,
+                                        error=reason, finished_at=now, conn=conn)
+                self.ledger.fail_run(s.run_id, f"step {s.idx} {s.name}: {reason}", conn=conn)
         if node is None:
             reason = f"never launched: its trigger stopped within {expires:g} s of it"
             for rid in self.ledger.fail_unlaunched(now - expires, reason, run_id):
@@ -268,12 +268,8 @@ class Engine:
                                     state=L.FAILED if final else L.RETRYING, error=error,
                                     finished_at=time.time() if final else None)
             if final:
-                self.ledger.set_run_state(
-                    env.run_id, L.FAILED, conn=conn,
-                    error=f"step {env.index} {env.name} on {env.where}: {error}")
-                # A failed backup frees the schedule; a failed hosting change keeps the
-                # domain locked until it is resumed (or its lease runs out).
-                self.ledger.release(L.BACKUP_LOCK, env.run_id, conn=conn)
+                self.ledger.fail_run(env.run_id, f"step {env.index} {env.name} on "
+                                     f"{env.where}: {error}", conn=conn)
 
 
     # ----- fan-out stages ----------------------------------------------------------------
@@ -299,8 +295,7 @@ class Engine:
             if head == L.RUNNING:
                 conn.execute(update(L.steps).where(where).values(
                     state=L.FAILED, error=text, finished_at=now))
-                led.set_run_state(run_id, L.FAILED, conn=conn, error=f"step {idx}: {text}")
-                led.release(L.BACKUP_LOCK, run_id, conn=conn)
+                led.fail_run(run_id, f"step {idx}: {text}", conn=conn)
             return None
         conn.execute(update(L.steps).where(where).values(
             state=L.SUCCEEDED, outcome=text, error=None, finished_at=now))

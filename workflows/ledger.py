@@ -331,6 +331,17 @@ class Ledger:
         stmt = update(runs).where(runs.c.id == run_id).values(**values)
         self._execute(stmt, conn)
 
+    def fail_run(self, run_id: str, error: str, conn: Connection | None = None) -> None:
+        """Mark the run failed. A failed backup frees the schedule, so the next slot
+        runs; a failed hosting change keeps the domain locked until it is resumed (or
+        its lock's lease ends)."""
+        if conn is None:
+            with self.tx() as own:
+                self.fail_run(run_id, error, own)
+            return
+        self.set_run_state(run_id, FAILED, error=error, conn=conn)
+        self.release(BACKUP_LOCK, run_id, conn=conn)
+
     def next_launch(self, run_id: str) -> int:
         """Start a new launch of the run: messages of the older launch are superseded."""
         with self.tx() as conn:

@@ -95,12 +95,27 @@ def start(eng: Engine, planned: Planned, who: str, why: str = "") -> Started:
     except L.LockHeld as held:
         if not wf.skip_when_busy:
             raise
-        what = "backup" if held.lock == L.BACKUP_LOCK else "hosting change"
+        try:
+            holder_state: str | None = eng.ledger.run(held.holder)["state"]
+        except L.UnknownRun:
+            holder_state = None
         eng.ledger.create_run(wf.name, {**params, "holder": held.holder}, who,
-                              f"skipped: {what} run {held.holder} is still running", [],
+                              skip_reason(held.lock, held.holder, holder_state), [],
                               run_id=run_id, state=L.SKIPPED, subject=subject)
         return Started(run_id, L.SKIPPED, planned.plan)
     return Started(run_id, L.RUNNING, planned.plan)
+
+
+def skip_reason(lock: str, holder: str, state: str | None) -> str:
+    """Why a run that gives way to the holder of `lock` was skipped, true to the
+    holder's `state` (None: not in the ledger)."""
+    what = "backup" if lock == L.BACKUP_LOCK else "hosting change"
+    if state in (L.RUNNING, L.PLANNED):
+        return f"skipped: {what} run {holder} is still running"
+    if state == L.FAILED:
+        return (f"skipped: {what} run {holder} failed and holds the domain's lock until "
+                f"it is resumed (cosfail resume {holder})")
+    return f"skipped: {what} run {holder} ({state or 'not in the ledger'}) holds the lock"
 
 
 def run(eng: Engine, wf: Workflow, request: Any, who: str, why: str = "") -> Started:
