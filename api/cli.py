@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import getpass
 import json
+import os
 import sys
 from collections.abc import Callable
 from functools import wraps
@@ -22,11 +23,13 @@ from cosfail.cosprint.errors import CosfailError
 from cosfail.workflows.health import HEALTH_COMPONENTS, component_health
 from rich.console import Console
 
-app = typer.Typer(add_completion=False, no_args_is_help=True, rich_markup_mode=None,
+app = typer.Typer(no_args_is_help=True, rich_markup_mode=None,
                   help="cosfail: failover for COSprint print domains.")
 
-out = Console()
-err = Console(stderr=True)
+# No markup: what is printed comes from runs, nodes and operators, and a bracket in it is
+# text (styles come as rich Text spans, api/view.py).
+out = Console(markup=False)
+err = Console(stderr=True, markup=False)
 
 DomainOpt = Annotated[
     Path | None,
@@ -41,8 +44,30 @@ YesOpt = Annotated[bool, typer.Option("--yes", help="do not ask")]
 EXIT_FAILED, EXIT_REFUSED = 1, 2
 
 
+def _print_version(wanted: bool) -> None:
+    if wanted:
+        from importlib.metadata import version
+
+        out.print(f"cosfail {version('cosfail')}", highlight=False)
+        raise typer.Exit(0)
+
+
+@app.callback()
+def options(
+    domain: DomainOpt = None,
+    _version: Annotated[bool, typer.Option(
+        "--version", callback=_print_version, is_eager=True,
+        help="print cosfail's version and exit")] = False,
+) -> None:
+    """cosfail: failover for COSprint print domains."""
+    # `cosfail -d FILE CMD` is `COSFAIL_DOMAIN=FILE cosfail CMD`: for the command, and
+    # for what it starts; a -d after the command still wins.
+    if domain is not None:
+        os.environ["COSFAIL_DOMAIN"] = str(domain.absolute())
+
+
 def refuse(message: str) -> typer.Exit:
-    err.print(f"cosfail: {message}", markup=False, highlight=False, soft_wrap=True)
+    err.print(f"cosfail: {message}", highlight=False, soft_wrap=True)
     return typer.Exit(EXIT_REFUSED)
 
 
@@ -396,7 +421,7 @@ def health(
     else:
         (out if healthy else err).print(
             f"{label}: {'healthy' if healthy else 'unhealthy'} ({detail})",
-            markup=False, highlight=False, soft_wrap=True)
+            highlight=False, soft_wrap=True)
     raise typer.Exit(0 if healthy else EXIT_FAILED)
 
 
@@ -413,7 +438,7 @@ def db_upgrade(domain: DomainOpt = None) -> None:
 
     before, after = upgrade_ledger(_domain(domain).ledger_url)
     if before == after:
-        out.print(f"ledger already at revision {after}", markup=False, highlight=False)
+        out.print(f"ledger already at revision {after}", highlight=False)
     else:
         out.print(f"ledger upgraded from revision {before or '(empty)'} to {after}",
-                  markup=False, highlight=False)
+                  highlight=False)

@@ -1,4 +1,9 @@
-"""How runs look to an operator: tables, JSON, live progress."""
+"""How runs look to an operator: tables, JSON, live progress.
+
+Nothing here is Rich markup: the CLI's consoles parse none (api/cli.py), so names,
+errors and reasons from runs, nodes and operators print as written, brackets and all;
+styles come as `Text` spans.
+"""
 
 from __future__ import annotations
 
@@ -8,6 +13,7 @@ from typing import Any
 from rich.console import Console
 from rich.live import Live
 from rich.table import Table
+from rich.text import Text
 
 STATE_STYLE = {"succeeded": "green", "failed": "bold red", "running": "yellow",
                "queued": "cyan", "skipped": "magenta", "refused": "red", "retrying": "yellow"}
@@ -21,11 +27,14 @@ def _dur(a: float | None, b: float | None) -> str:
     return f"{(b - a) * 1000:.0f} ms" if a and b else ""
 
 
+def state_text(state: str) -> Text:
+    return Text(state, style=STATE_STYLE.get(state, ""))
+
+
 def runs_table(rows: list[dict[str, Any]]) -> Table:
     t = Table("run", "workflow", "state", "by", "created", "took", "error")
     for r in rows:
-        style = STATE_STYLE.get(r["state"], "")
-        t.add_row(r["id"], r["workflow"], f"[{style}]{r['state']}[/]", r["triggered_by"],
+        t.add_row(r["id"], r["workflow"], state_text(r["state"]), r["triggered_by"],
                   _t(r["created_at"]), _dur(r["created_at"], r["finished_at"]),
                   r.get("error") or "")
     return t
@@ -35,9 +44,8 @@ def steps_table(run: dict[str, Any], steps: list[Any]) -> Table:
     t = Table("#", "step", "node", "state", "try", "took", "outcome / error",
               title=f"run {run['id']} ({run['workflow']}): {run['state']}")
     for s in steps:
-        style = STATE_STYLE.get(s.state, "")
         name = ("  " if s.member else "") + s.name
-        t.add_row(str(s.idx), name, s.node or "control", f"[{style}]{s.state}[/]",
+        t.add_row(str(s.idx), name, s.node or "control", state_text(s.state),
                   str(s.attempt), _dur(s.started_at, s.finished_at),
                   s.error or s.outcome or "")
     return t
@@ -63,77 +71,77 @@ def follow(eng: Any, run_id: str, console: Console, quiet: bool = False,
         run = wait_for(eng, run_id, timeout,
                        on_change=lambda r, s: live.update(steps_table(r, s)))
     if run.get("error"):
-        console.print(f"[bold red]{run['error']}[/]")
+        console.print(Text(run["error"], style="bold red"))
     return run
 
 
 def status_view(st: dict[str, Any]) -> Table:
-    from rich.markup import escape as e
-
     t = Table("node", "role", "worker", "COSprint", "serving as", "points at", "hosted",
               "lease", title=f"domain {st['domain']}: master {st['master']}, epoch {st['epoch']}")
+    up = {"up": Text("up", style="green"), "down": Text("down", style="red")}
+    caption: list[Text] = []
     for n in st["nodes"]:
-        up = {"up": "[green]up[/]", "down": "[red]down[/]"}
-        note = " [bold red]reclaim needed[/]" if n["reclaim_needed"] else ""
-        t.add_row(n["name"], n["role"], up[n["worker"]], up[n["cosprint"]],
-                  (n["serving_as"] or "-") + note, n["points_at"] or "-", str(n["hosted"] or 0),
+        serving = Text(n["serving_as"] or "-")
+        if n["reclaim_needed"]:
+            serving.append(" reclaim needed", style="bold red")
+        t.add_row(n["name"], n["role"], up[n["worker"]], up[n["cosprint"]], serving,
+                  n["points_at"] or "-", str(n["hosted"] or 0),
                   lease_cell(n.get("lease"), n.get("lease_recorded")))
         if "ledger unreadable" in (n.get("reason") or ""):
-            t.caption = (t.caption + "\n" if t.caption else "") + \
-                f"[yellow]{e(n['name'])}[/]: {e(n['reason'])}"
+            caption.append(Text.assemble((n["name"], "yellow"), f": {n['reason']}"))
     for bcs, b in st["backups"].items():
-        text = f"{b['file']} ({b['age']:.0f} s old)" if b else "[red]no verified backup[/]"
-        t.caption = (t.caption + "\n" if t.caption else "") + f"{bcs}: {text}"
+        caption.append(Text(f"{bcs}: {b['file']} ({b['age']:.0f} s old)") if b else
+                       Text.assemble(f"{bcs}: ", ("no verified backup", "red")))
     if st["hosting_change_running"]:
-        t.caption = (t.caption or "") + f"\nhosting change running: {st['hosting_change_running']}"
-    for line in detect_lines(st):
-        t.caption = (t.caption + "\n" if t.caption else "") + line
+        caption.append(Text(f"hosting change running: {st['hosting_change_running']}"))
+    caption += detect_lines(st)
+    if caption:
+        t.caption = Text("\n").join(caption)
     return t
 
 
-def lease_cell(own: dict[str, Any] | None, recorded: dict[str, Any] | None) -> str:
+def lease_cell(own: dict[str, Any] | None, recorded: dict[str, Any] | None) -> Text:
     """A node's lease: failsafe, its own count of what is left, else what the ledger
     recorded (by the ledger server's clock), else none."""
     if own and own.get("failsafe"):
-        return "[yellow]failsafe[/]"
+        return Text("failsafe", style="yellow")
     if own and own.get("left"):
-        return f"{own['left']:.1f} s left"
+        return Text(f"{own['left']:.1f} s left")
     if recorded is not None:
         left = recorded["left"]
-        return f"{left:.1f} s left" if left > 0 else f"ended {-left:.0f} s ago"
-    return "-"
+        return Text(f"{left:.1f} s left" if left > 0 else f"ended {-left:.0f} s ago")
+    return Text("-")
 
 
-def detect_lines(st: dict[str, Any]) -> list[str]:
+def detect_lines(st: dict[str, Any]) -> list[Text]:
     """What the detector says: suspect nodes, and for each down server what to do."""
-    from rich.markup import escape as e
-
     lines = []
     refusals = (st.get("detect") or {}).get("suspect_refusals") or {}
     for n in st.get("nodes", []):
         live = n.get("liveness") or {}
         if live.get("state") == "suspect":
-            lines.append(f"[yellow]{e(n['name'])} suspect[/] for "
-                         f"{live['unreachable_for']:.0f} s: {e(live['note'])}")
+            lines.append(Text.assemble((f"{n['name']} suspect", "yellow"), f" for "
+                                       f"{live['unreachable_for']:.0f} s: {live['note']}"))
             refused = refusals.get(n["name"])
             if refused:
-                lines.append(f"  automatic failover: run {refused['run_id']} "
-                             f"{refused['state']}: {e(refused['reason'])}")
+                lines.append(Text(f"  automatic failover: run {refused['run_id']} "
+                                  f"{refused['state']}: {refused['reason']}"))
     for d in st.get("down", []):
-        lines.append(f"[bold red]{e(d['server'])} DOWN[/] for {d['down_for']:.0f} s (since "
-                     f"{_t(d['unreachable_since'])}, confirmed by {e(str(d['confirmed_by']))})")
+        lines.append(Text.assemble(
+            (f"{d['server']} DOWN", "bold red"), f" for {d['down_for']:.0f} s (since "
+            f"{_t(d['unreachable_since'])}, confirmed by {d['confirmed_by']})"))
         if d["command"]:
-            lines.append(f"  best bcs {e(d['best_bcs'])}; data lost: {e(d['data_loss'])}")
-            lines.append(f"  run: {e(d['command'])}")
+            lines.append(Text(f"  best bcs {d['best_bcs']}; data lost: {d['data_loss']}"))
+            lines.append(Text(f"  run: {d['command']}"))
         elif d["refused"]:
-            lines.append(f"  {e(d['refused'])}")
+            lines.append(Text(f"  {d['refused']}"))
         auto = d.get("auto_failover") or {}
         if auto.get("run_id"):
-            lines.append(f"  automatic failover: run {auto['run_id']} {auto['state']}"
-                         + (f": {e(auto['reason'])}" if auto["state"] == "refused" else ""))
+            lines.append(Text(f"  automatic failover: run {auto['run_id']} {auto['state']}"
+                              + (f": {auto['reason']}" if auto["state"] == "refused" else "")))
     watcher = (st.get("detect") or {}).get("watcher")
     if st.get("detect") and not (watcher and watcher["active"]):
-        lines.append("[red]no detector running[/] (cosfail watch)")
+        lines.append(Text.assemble(("no detector running", "red"), " (cosfail watch)"))
     return lines
 
 
@@ -141,15 +149,14 @@ def demo_summary(summary: dict[str, Any]) -> Table:
     t = Table("run", "workflow", "state", "took", "steps",
               title="cosfail demo: what happened")
     for r in summary["runs"]:
-        style = STATE_STYLE.get(r["state"], "")
-        t.add_row(r["id"], r["workflow"], f"[{style}]{r['state']}[/]", f"{r['seconds']:.2f} s",
+        t.add_row(r["id"], r["workflow"], state_text(r["state"]), f"{r['seconds']:.2f} s",
                   str(len([s for s in r["steps"] if not s["member"]])))
     lost = summary["jobs_lost"]
-    t.caption = (
+    t.caption = Text.assemble(
         f"srv1's queues out for {summary.get('outage_seconds')} s · jobs submitted "
         f"{summary['jobs_submitted']}, accepted {summary['jobs_accepted']}, printed "
-        f"{summary['jobs_printed']}, " + (f"[bold red]lost {lost}[/]" if lost else
-                                          "[green]lost 0[/]")
-        + f" · client retries during the outage {summary['client_retries']}"
-        + f" · master now {summary['master']}")
+        f"{summary['jobs_printed']}, ",
+        (f"lost {lost}", "bold red") if lost else ("lost 0", "green"),
+        f" · client retries during the outage {summary['client_retries']}"
+        f" · master now {summary['master']}")
     return t

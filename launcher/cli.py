@@ -13,6 +13,7 @@ from typing import Annotated
 import typer
 from cosfail.api.cli import EXIT_FAILED, DomainOpt, JsonOpt, app, emit, err, guarded, out, refuse
 from cosfail.cosprint.domain import load_domain
+from rich.text import Text
 
 local_app = typer.Typer(no_args_is_help=True, help="Run the whole domain on this machine.")
 app.add_typer(local_app, name="local")
@@ -68,7 +69,7 @@ def demo(
     console = err if as_json else out
 
     def say(text: str) -> None:
-        console.print(f"[bold cyan]▶[/] {text}")
+        console.print(Text.assemble(("▶", "bold cyan"), f" {text}"))
 
     def show(eng, run_id: str):  # type: ignore[no-untyped-def]
         return view.follow(eng, run_id, console)
@@ -76,7 +77,7 @@ def demo(
     try:
         summary = run_demo(say, show, directory, objects, hosts)
     except RuntimeError as exc:
-        err.print(f"[bold red]demo failed:[/] {exc}")
+        err.print(Text.assemble(("demo failed:", "bold red"), f" {exc}"))
         raise typer.Exit(EXIT_FAILED) from None
     if as_json:
         emit(summary)
@@ -151,7 +152,7 @@ def local_revive(node: str, domain: DomainOpt = None) -> None:
 
 
 def main() -> None:
-    app()
+    app(prog_name="cosfail")
 
 
 if __name__ == "__main__":

@@ -202,7 +202,7 @@ def run_demo(say: Say, show_run: RunShown, directory: Path | None = None,
         stream.start()
         time.sleep(2)
 
-        say("[bold red]killing srv1[/] (the master): its worker and its COSprint, SIGKILL")
+        say("killing srv1 (the master): its worker and its COSprint, SIGKILL")
         killed = time.time()
         local.kill("srv1")
         time.sleep(1)

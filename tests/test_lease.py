@@ -332,7 +332,9 @@ def test_with_the_ledger_away_and_one_peer_stopped_the_master_refuses_at_its_lea
 def test_status_shows_each_nodes_lease_failsafe_first_then_its_own_count_then_the_ledgers():
     from cosfail.api.view import lease_cell
 
-    assert lease_cell({"failsafe": True, "left": 0}, None) == "[yellow]failsafe[/]"
-    assert lease_cell({"failsafe": False, "left": 3.21}, {"left": 4.0}) == "3.2 s left"
-    assert lease_cell({"failsafe": False, "left": 0}, {"left": -12.4}) == "ended 12 s ago"
-    assert lease_cell(None, None) == "-"
+    failsafe = lease_cell({"failsafe": True, "left": 0}, None)
+    assert (failsafe.plain, failsafe.style) == ("failsafe", "yellow")
+    assert lease_cell({"failsafe": False, "left": 3.21}, {"left": 4.0}).plain == "3.2 s left"
+    assert lease_cell({"failsafe": False, "left": 0}, {"left": -12.4}).plain == \
+        "ended 12 s ago"
+    assert lease_cell(None, None).plain == "-"
