@@ -179,7 +179,7 @@ def create_app(domain: Domain) -> FastAPI:
     def status(who: Caller) -> dict[str, Any]:
         from cosfail.workflows.status import domain_status
 
-        return domain_status(eng)
+        return domain_status(eng.domain, eng)
 
     @app.get("/runs")
     def runs(who: Caller, limit: int = 20) -> list[dict[str, Any]]:

@@ -42,6 +42,7 @@ DryRunOpt = Annotated[bool, typer.Option("--dry-run", help="show the plan only")
 YesOpt = Annotated[bool, typer.Option("--yes", help="do not ask")]
 
 EXIT_FAILED, EXIT_REFUSED = 1, 2
+EXIT_DEGRADED = 3  # `status`: shown, but the broker or the ledger did not answer
 
 
 def _print_version(wanted: bool) -> None:
@@ -350,15 +351,21 @@ def failback(server: str, dry_run: DryRunOpt = False, yes: YesOpt = False,
 @app.command()
 @guarded
 def status(domain: DomainOpt = None, as_json: JsonOpt = False) -> None:
-    """Nodes, roles, master, epoch, COSprint up/down, last verified backup and its age."""
+    """Nodes, roles, master, epoch, COSprint up/down, last verified backup and its age.
+    With the broker or the ledger down it shows what it can reach and exits 3."""
     from cosfail.api import view
+    from cosfail.workers.app import configure
     from cosfail.workflows.status import domain_status
 
-    st = domain_status(_engine(domain))
+    d = _domain(domain)
+    configure(d)
+    st = domain_status(d)
     if as_json:
         emit(st)
     else:
         out.print(view.status_view(st))
+    if st["unreachable"]:
+        raise typer.Exit(EXIT_DEGRADED)
 
 
 @app.command()

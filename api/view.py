@@ -76,10 +76,14 @@ def follow(eng: Any, run_id: str, console: Console, quiet: bool = False,
 
 
 def status_view(st: dict[str, Any]) -> Table:
+    known = f"master {st['master']}, epoch {st['epoch']}" if st["master"] else \
+        "master unknown (the ledger does not answer)"
     t = Table("node", "role", "worker", "COSprint", "serving as", "points at", "hosted",
-              "lease", title=f"domain {st['domain']}: master {st['master']}, epoch {st['epoch']}")
-    up = {"up": Text("up", style="green"), "down": Text("down", style="red")}
-    caption: list[Text] = []
+              "lease", title=f"domain {st['domain']}: {known}")
+    up = {"up": Text("up", style="green"), "down": Text("down", style="red"),
+          "unknown": Text("unknown", style="yellow")}
+    caption = [Text.assemble((f"{what} unreachable", "bold red"), f": {why}")
+               for what, why in st.get("unreachable", {}).items()]
     for n in st["nodes"]:
         serving = Text(n["serving_as"] or "-")
         if n["reclaim_needed"]:

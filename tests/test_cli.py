@@ -4,10 +4,11 @@ completion, and text from runs printed as written."""
 from __future__ import annotations
 
 import json
+import re
 from importlib.metadata import version
 from pathlib import Path
 
-from conftest import run_cli
+from conftest import free_port, run_cli
 from cosfail.launcher.demo_domain import init_demo
 
 WIDE = {"COLUMNS": "400"}  # Rich wraps at 80 columns off a terminal
@@ -63,3 +64,48 @@ def test_text_from_a_run_that_looks_like_markup_prints_as_written(make_cluster):
     assert status.returncode == 0, status.stderr
     assert "master bcs1, epoch 2" in status.stdout, status.stdout
     assert "bcs1: " in status.stdout and " s old)" in status.stdout, status.stdout
+
+
+def copy_with(path: Path, name: str, pattern: str, value: str) -> Path:
+    """The domain file beside `path` as `name`, the value that `pattern` matches replaced:
+    the same domain, seen through a URL with nothing behind it."""
+    text = path.read_text()
+    changed, found = re.subn(pattern, lambda m: m.group(1) + json.dumps(value), text,
+                             count=1, flags=re.M)
+    assert found, pattern
+    copy = path.with_name(name)
+    copy.write_text(changed)
+    return copy
+
+
+def test_status_shows_what_it_reaches_with_the_broker_or_the_ledger_down_and_exits_3(
+        make_cluster, tmp_path: Path):
+    c = make_cluster(servers=1, bcs=1, clients=1, objects=100)
+    c.settle()
+    dead = f"redis://127.0.0.1:{free_port()}/0"
+    no_broker = copy_with(c.domain.path, "no-broker.toml", r'^(broker = ).*$', dead)
+    r = run_cli("status", "--json", "-d", str(no_broker))
+    assert r.returncode == 3, r.stderr
+    st = json.loads(r.stdout)
+    assert st["unreachable"]["broker"].startswith(f"broker {dead} does not answer"), st
+    assert {n["worker"] for n in st["nodes"]} == {"unknown"}
+    srv1 = next(n for n in st["nodes"] if n["name"] == "srv1")
+    assert (srv1["cosprint"], srv1["points_at"]) == ("up", "srv1@1"), srv1
+    assert (st["master"], st["epoch"]) == ("srv1", 1)  # the ledger still answers
+    human = run_cli("status", "-d", str(no_broker), env=WIDE)
+    assert human.returncode == 3
+    assert f"broker unreachable: broker {dead} does not answer" in human.stdout, human.stdout
+
+    gone = f"sqlite:///{tmp_path}/gone/ledger.db"
+    no_ledger = copy_with(c.domain.path, "no-ledger.toml", r'^(\[ledger\]\nurl = ).*$', gone)
+    r = run_cli("status", "--json", "-d", str(no_ledger))
+    assert r.returncode == 3, r.stderr
+    st = json.loads(r.stdout)
+    assert st["unreachable"]["ledger"].startswith("ledger does not answer: "), st
+    assert "broker" not in st["unreachable"]
+    assert (st["master"], st["backups"]) == (None, {})
+    srv1 = next(n for n in st["nodes"] if n["name"] == "srv1")
+    assert (srv1["worker"], srv1["cosprint"], srv1["points_at"]) == ("up", "up", "srv1@1")
+    human = run_cli("status", "-d", str(no_ledger), env=WIDE)
+    assert "master unknown (the ledger does not answer)" in human.stdout, human.stdout
+    assert not (tmp_path / "gone").exists()  # nothing made on the way

@@ -280,7 +280,7 @@ def stopped(*pids: int) -> Iterator[None]:
 
 
 def down_in_status(c, server: str) -> dict[str, Any] | None:  # type: ignore[no-untyped-def]
-    st = domain_status(c.engine, probe_timeout=0.5)
+    st = domain_status(c.domain, c.engine, probe_timeout=0.5)
     return next((d for d in st["down"] if d["server"] == server), None)
 
 
@@ -363,7 +363,7 @@ def test_auto_failover_and_each_guard(make_cluster):
         refused = poll(lambda: refused_for(c, "srv2", "no second-node confirmation"), 20,
                        f"no refusal recorded:\n{watch_log(c)}")
         assert "still reaches its COSprint" in refused["reason"]
-        st = domain_status(c.engine, probe_timeout=0.5)
+        st = domain_status(c.domain, c.engine, probe_timeout=0.5)
         srv2 = next(n for n in st["nodes"] if n["name"] == "srv2")
         assert srv2["liveness"]["state"] == SUSPECT
         assert "not confirmed by another node" in srv2["liveness"]["note"]

@@ -54,17 +54,18 @@ SUSPECT_TIMEOUT = 1.5
 
 
 def probe_all(domain: Domain, nodes: list[str] | None = None,
-              timeout: float = PROBE_TIMEOUT, suspect: str | None = None
-              ) -> dict[str, NodeSeen]:
+              timeout: float = PROBE_TIMEOUT, suspect: str | None = None,
+              ask_workers: bool = True) -> dict[str, NodeSeen]:
     """Ask every node's worker what it sees, in parallel; a node whose worker does not
-    answer within `timeout` (`SUSPECT_TIMEOUT` for the `suspect`) is asked for its
-    COSprint status directly.
+    answer within `timeout` (`SUSPECT_TIMEOUT` for the `suspect`), or every node when
+    not `ask_workers` (the broker is down), is asked for its COSprint status directly.
 
     A worker that holds no connection to the broker cannot answer: it is not waited on
     (a failover's dead server would otherwise hold the failover's accept for `timeout`).
     """
     nodes = nodes or domain.names()
-    pending = {n: probe.apply_async(queue=node_queue(n), expires=timeout) for n in nodes}
+    pending = {n: probe.apply_async(queue=node_queue(n), expires=timeout)
+               for n in nodes if ask_workers}
     start = time.time()
     deadline = {n: start + (min(timeout, SUSPECT_TIMEOUT) if n == suspect else timeout)
                 for n in nodes}
