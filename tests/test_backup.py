@@ -19,6 +19,7 @@ from cosfail.cosprint import tables
 from cosfail.cosprint.snapshot import import_snapshot, list_snapshots
 from cosfail.launcher.demo_domain import init_demo
 from cosfail.launcher.local import pid_alive
+from cosfail.workers.app import configure
 from cosfail.workers.steps import OUTBOX, is_verified
 from cosfail.workflows import ledger as L
 from cosfail.workflows import trigger
@@ -247,6 +248,29 @@ def test_a_backup_no_worker_took_fails_saying_so_and_frees_the_schedule(make_clu
     following = trigger.run(c.engine, BACKUP, BackupRequest(), "test", "the next slot")
     assert following.state == "running", c.ledger.run(following.run_id)["reason"]
     assert c.wait(following.run_id)["state"] == "succeeded"
+
+
+def test_two_domains_on_one_broker_back_up_at_once_each_by_its_own_workers(make_cluster):
+    """Both have a srv1 and a bcs1, and the same queue names: each domain's keys carry
+    its name, so neither takes the other's steps (one did, and its backup failed)."""
+    a = make_cluster("a", up=False, servers=1, bcs=1, clients=0, objects=100)
+    b = make_cluster("b", up=False, servers=1, bcs=1, clients=0, objects=100)
+    b.amend_domain(control={"name": "other"})
+    assert a.domain.broker_url == b.domain.broker_url
+    # This process speaks for one domain at a time: its Celery app is configured per call.
+    for c in (a, b):
+        configure(c.domain)
+        c.up()
+    started = []
+    for c in (a, b):
+        configure(c.domain)
+        started.append((c, trigger.run(c.engine, BACKUP, BackupRequest(), "test", "at once")))
+    for c, run in started:
+        assert c.wait(run.run_id)["state"] == "succeeded", c.ledger.run(run.run_id)["error"]
+        own = {c.worker_pid(n) for n in ("srv1", "bcs1", None)}
+        took = {int(s.worker.rsplit(":", 1)[1]) for s in c.ledger.steps(run.run_id)
+                if s.worker}
+        assert took and took <= own, (c.domain.control.name, took, own)
 
 
 def test_a_skipped_run_says_truly_what_its_lock_holder_is_doing():
