@@ -314,7 +314,9 @@ def test_with_the_ledger_away_and_one_peer_stopped_the_master_refuses_at_its_lea
         cut = [a for a in client.answers if away <= a[0] < healing]
         first = next(t for t, code, _ in cut if code != 202) - away
         assert held_at_least <= first <= TTL + 1, (skew, first)
-        refused = [a for a in cut if a[0] >= away + first]
+        # A resend of a job accepted earlier (the client's retry after a lost answer) is
+        # acknowledged as a duplicate: no new acceptance, so not counted here.
+        refused = [a for a in cut if a[0] >= away + first and not a[2].get("duplicate")]
         assert all(code == 503 and answer["retriable"] is True
                    for _, code, answer in refused), (skew, first, [  # for good, retriable
                        (round(t - away, 2), code, answer) for t, code, answer in refused
