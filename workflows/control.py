@@ -149,10 +149,15 @@ def positively_down(steps: list[L.StepRow], server: str) -> str | None:
     return None if stop is None else f"its worker stopped it ({stop.outcome})"
 
 
+def stops_by_run(steps: list[L.StepRow]) -> list[L.StepRow]:
+    """The steps of this run that stopped a node's COSprint."""
+    return [s for s in steps if s.task == stop_cosprint.name and s.node
+            and s.state == L.SUCCEEDED]
+
+
 def stopped_by_run(steps: list[L.StepRow], node: str) -> L.StepRow | None:
     """The step of this run that stopped `node`'s COSprint, if one did."""
-    return next((s for s in steps if s.task == stop_cosprint.name and s.node == node
-                 and s.state == L.SUCCEEDED), None)
+    return next((s for s in stops_by_run(steps) if s.node == node), None)
 
 
 def lease_wait(remaining: float | None, ttl: float, failsafe_left: float,
@@ -191,9 +196,8 @@ def lease_note(server: str, stops_server: bool, remaining: float | None, ttl: fl
 def confirmations(steps: list[L.StepRow], server: str) -> dict[str, float | str]:
     """What each peer of `server` this run stopped said of its last failsafe
     confirmation (the fact of its `stop_cosprint`), by peer."""
-    return {s.node: s.facts["failsafe_confirmed"] for s in steps
-            if s.task == stop_cosprint.name and s.state == L.SUCCEEDED and s.node
-            and s.node != server and s.facts and "failsafe_confirmed" in s.facts}
+    return {s.node: s.facts["failsafe_confirmed"] for s in stops_by_run(steps)
+            if s.node != server and s.facts and "failsafe_confirmed" in s.facts}
 
 
 @step("failover.wait_out_lease", WaitOutLease)
