@@ -181,6 +181,12 @@ def create_app(domain: Domain) -> FastAPI:
 
         return domain_status(eng.domain, eng)
 
+    @app.get("/history")
+    def history(who: Caller, server: str | None = None) -> list[dict[str, Any]]:
+        from cosfail.workflows.history import history
+
+        return [m.as_json() for m in history(eng, server)]
+
     @app.get("/runs")
     def runs(who: Caller, limit: int = 20) -> list[dict[str, Any]]:
         return eng.ledger.runs(min(max(limit, 1), 500))

@@ -199,6 +199,26 @@ def runs(domain: DomainOpt = None, limit: int = 20, as_json: JsonOpt = False) ->
 
 @app.command()
 @guarded
+def history(
+    server: Annotated[str | None, typer.Option(help="only this server's objects")] = None,
+    domain: DomainOpt = None, as_json: JsonOpt = False,
+) -> None:
+    """Every hosting change: whose objects moved from where to where, when, by which run,
+    and the data each move lost."""
+    from cosfail.api import view
+    from cosfail.workflows.history import history as hosting_history
+
+    moves = hosting_history(_engine(domain, need_broker=False), server)
+    if as_json:
+        emit([m.as_json() for m in moves])
+    elif moves:
+        out.print(view.history_table(moves))
+    else:
+        out.print("no hosting change recorded: every server hosts its own objects")
+
+
+@app.command()
+@guarded
 def run(run_id: str, domain: DomainOpt = None, as_json: JsonOpt = False) -> None:
     """One run with its steps."""
     from cosfail.api import view

@@ -40,6 +40,27 @@ def runs_table(rows: list[dict[str, Any]]) -> Table:
     return t
 
 
+def _when(ts: float) -> str:
+    return time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(ts))
+
+
+def _loss(seconds: float | None, snapshot: str | None) -> str:
+    if snapshot:
+        return f"changes since {snapshot}" if seconds is None else \
+            f"changes of the last {seconds:.0f} s ({snapshot})"
+    return "unknown" if seconds is None else "none"
+
+
+def history_table(moves: list[Any]) -> Table:
+    t = Table("epoch", "since", "objects of", "moved", "by run", "workflow", "triggered by",
+              "data lost", "reason", title="hosting history")
+    for m in moves:
+        lost = _loss(m.data_loss, m.snapshot)
+        t.add_row(str(m.epoch), _when(m.since), m.server, f"{m.moved_from} → {m.hosted_by}",
+                  m.run_id, m.workflow or "?", m.triggered_by or "?", lost, m.reason or "")
+    return t
+
+
 def steps_table(run: dict[str, Any], steps: list[Any]) -> Table:
     t = Table("#", "step", "node", "state", "try", "took", "outcome / error",
               title=f"run {run['id']} ({run['workflow']}): {run['state']}")

@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from conftest import run_cli
 from cosfail.cosprint import designation, tables
 from cosfail.cosprint import snapshot as snap
 from cosfail.cosprint.errors import DriverError, SnapshotError
@@ -433,10 +434,12 @@ def beat_while_a_backup_runs(c, times: int) -> None:  # type: ignore[no-untyped-
 MORE_RUNS_THAN_ANY_SCAN = 1100
 
 
-def test_failback_and_reclaim_due_survive_a_day_of_backups_after_the_failover(make_cluster):
+def test_failback_reclaim_due_and_history_survive_a_day_of_backups_after_the_failover(
+        make_cluster):
     """Who hosts a failed-over server, and that it waits for reclaim, are facts of the
     ledger: more backup runs after the failover than any window of recent runs holds
-    change neither what status shows nor whether reclaim and failback may run."""
+    change neither what status shows, nor whether reclaim and failback may run, nor what
+    `cosfail history` shows."""
     c = cluster(make_cluster, "day", {"auto_reclaim": False}, servers=1, bcs=1, clients=1)
     objects = c.hosted("srv1")["srv1"]
     fail_over_srv1(c)
@@ -457,6 +460,24 @@ def test_failback_and_reclaim_due_survive_a_day_of_backups_after_the_failover(ma
             for h in c.ledger.hosting_history()] == [("srv1", "srv1", "bcs1", 2),
                                                      ("srv1", "bcs1", "srv1", 3)]
     assert c.ledger.hosted_by("srv1") is None
+
+    shown = json.loads(c.cli("history", "--server", "srv1", "--json", check=True).stdout)
+    failover, failback = (c.newest_run(wf) for wf in ("failover", "failback"))
+    assert [(m["epoch"], m["moved_from"], m["hosted_by"], m["workflow"], m["run_id"])
+            for m in shown] == [(2, "srv1", "bcs1", "failover", failover["id"]),
+                                (3, "bcs1", "srv1", "failback", failback["id"])]
+    plan = failover["params"]["plan"]
+    assert (shown[0]["snapshot"], shown[0]["data_loss"]) == (plan["snapshot"],
+                                                             plan["snapshot_age"])
+    assert shown[0]["data_loss"] > 0 and shown[1]["data_loss"] == 0.0
+    human = run_cli("history", "-d", str(c.domain.path), env={"COLUMNS": "400"})
+    assert human.returncode == 0, human.stderr
+    assert f"srv1 → bcs1 │ {failover['id']}" in human.stdout, human.stdout
+    assert f"changes of the last {plan['snapshot_age']:.0f} s ({plan['snapshot']})" \
+        in human.stdout, human.stdout
+    wrong = c.cli("history", "--server", "bcs1")
+    assert (wrong.returncode, wrong.stderr.strip()) == (
+        2, "cosfail: bcs1 is a bcs, not a server: only servers' objects move")
 
 
 # ----- a reclaim whose node worker is SIGKILLed, then resumed --------------------------------

@@ -223,6 +223,14 @@ class Ledger:
             rows = conn.execute(q).mappings().all()
         return [{**r, "params": json.loads(r["params"])} for r in rows]
 
+    def runs_by_id(self, ids: list[str]) -> dict[str, dict[str, Any]]:
+        """Id → run, for those of `ids` the ledger holds."""
+        if not ids:
+            return {}
+        with self.engine.connect() as conn:
+            rows = conn.execute(select(runs).where(runs.c.id.in_(ids))).mappings().all()
+        return {r["id"]: {**r, "params": json.loads(r["params"])} for r in rows}
+
     def newest_by_subject(self, workflows: tuple[str, ...]) -> dict[str, dict[str, Any]]:
         """Subject → its newest run among `workflows`."""
         newest = (select(runs.c.subject, func.max(runs.c.created_at).label("at"))
