@@ -126,10 +126,12 @@ def create_app(domain: Domain) -> FastAPI:
         from cosfail.workflows import trigger
 
         planned = trigger.plan(eng, wf, request)
+        # An operator's run goes ahead in a paused domain, and is told it is paused.
+        paused = eng.ledger.paused()
         if dry_run:
-            return {"run_id": None, "plan": asdict(planned.plan)}
+            return {"run_id": None, "plan": asdict(planned.plan), "paused": paused}
         return {"run_id": trigger.start(eng, planned, who, reason).run_id,
-                "plan": asdict(planned.plan)}
+                "plan": asdict(planned.plan), "paused": paused}
 
     @app.post("/backup", status_code=202)
     def backup(who: Caller, body: ReasonBody | None = None) -> dict[str, Any]:
@@ -174,6 +176,15 @@ def create_app(domain: Domain) -> FastAPI:
         from cosfail.workflows.switchover import FAILBACK
 
         return start(FAILBACK, MoveRequest(body.server), who, body.reason, body.dry_run)
+
+    @app.post("/pause")
+    def pause(who: Caller, body: ReasonBody | None = None) -> dict[str, Any]:
+        pause, began = eng.ledger.pause(who, (body or ReasonBody()).reason)
+        return {"paused": pause, "began": began}
+
+    @app.post("/unpause")
+    def unpause(who: Caller) -> dict[str, Any]:
+        return {"ended": eng.ledger.unpause()}
 
     @app.get("/status")
     def status(who: Caller) -> dict[str, Any]:

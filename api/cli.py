@@ -107,7 +107,14 @@ def _engine(path: Path | None, need_broker: bool = True):  # type: ignore[no-unt
     configure(domain)
     if need_broker:
         check_broker(domain.broker_url)
-    return Engine(domain)
+    eng = Engine(domain)
+    if need_broker:  # a command that acts: the operator hears that automatic work is off
+        from cosfail.workflows.maintenance import paused_reason
+
+        paused = paused_reason(eng.ledger.paused())
+        if paused:
+            err.print(f"cosfail: note: {paused}", highlight=False, soft_wrap=True)
+    return eng
 
 
 @app.command()
@@ -386,6 +393,39 @@ def status(domain: DomainOpt = None, as_json: JsonOpt = False) -> None:
         out.print(view.status_view(st))
     if st["unreachable"]:
         raise typer.Exit(EXIT_DEGRADED)
+
+
+@app.command()
+@guarded
+def pause(domain: DomainOpt = None, reason: ReasonOpt = "", as_json: JsonOpt = False) -> None:
+    """Pause the domain for planned work: no automatic failover and no scheduled backups
+    until `cosfail unpause`; operator commands still work."""
+    from cosfail.workflows.maintenance import AUTOMATIC, paused_reason
+
+    pause, began = _engine(domain, need_broker=False).ledger.pause(who(), reason)
+    if as_json:
+        emit({"paused": pause, "began": began})
+    elif began:
+        out.print(f"paused: {AUTOMATIC}; {paused_reason(pause)}", highlight=False)
+    else:
+        out.print(f"already paused: {paused_reason(pause)}", highlight=False)
+
+
+@app.command()
+@guarded
+def unpause(domain: DomainOpt = None, as_json: JsonOpt = False) -> None:
+    """End the pause: automatic failover and scheduled backups start again."""
+    from cosfail.workflows.maintenance import when
+
+    ended = _engine(domain, need_broker=False).ledger.unpause()
+    if as_json:
+        emit({"ended": ended})
+    elif ended:
+        out.print(f"unpaused: the pause by {ended['paused_by']} since "
+                  f"{when(ended['paused_at'])} is over; automatic work resumes",
+                  highlight=False)
+    else:
+        out.print("not paused: nothing to do", highlight=False)
 
 
 @app.command()

@@ -10,6 +10,7 @@ from __future__ import annotations
 import time
 from typing import Any
 
+from cosfail.workflows.maintenance import AUTOMATIC, paused_reason
 from rich.console import Console
 from rich.live import Live
 from rich.table import Table
@@ -117,12 +118,18 @@ def status_view(st: dict[str, Any]) -> Table:
     for bcs, b in st["backups"].items():
         caption.append(Text(f"{bcs}: {b['file']} ({b['age']:.0f} s old)") if b else
                        Text.assemble(f"{bcs}: ", ("no verified backup", "red")))
+    if st.get("paused"):
+        caption.insert(0, paused_line(st["paused"]))
     if st["hosting_change_running"]:
         caption.append(Text(f"hosting change running: {st['hosting_change_running']}"))
     caption += detect_lines(st)
     if caption:
         t.caption = Text("\n").join(caption)
     return t
+
+
+def paused_line(pause: dict[str, Any]) -> Text:
+    return Text.assemble(("PAUSED", "bold yellow"), f": {AUTOMATIC}: {paused_reason(pause)}")
 
 
 def lease_cell(own: dict[str, Any] | None, recorded: dict[str, Any] | None) -> Text:

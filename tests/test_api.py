@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import httpx
 import pytest
+from cosfail.api.app import create_app
 from cosfail.cosprint.designation import Designation
+from fastapi.routing import APIRoute
 
 
 @pytest.fixture
@@ -22,13 +24,16 @@ def test_every_route_but_healthz_needs_the_token(api):
     c, client = api(servers=1, bcs=1, clients=1, objects=200)
     anon = httpx.Client(base_url=str(client.base_url))
     assert anon.get("/healthz").status_code == 200
-    for method, path in [("GET", "/status"), ("GET", "/runs"), ("POST", "/backup"),
-                         ("POST", "/failover"), ("GET", "/metrics"), ("GET", "/runs/x"),
-                         ("POST", "/runs/x/resume")]:
+    served = [(method, route.path.replace("{run_id}", "x"))
+              for route in create_app(c.domain).routes if isinstance(route, APIRoute)
+              and route.path != "/healthz" for method in route.methods]
+    assert {("POST", "/pause"), ("GET", "/history"), ("POST", "/runs/x/resume")} <= set(served)
+    for method, path in served:
         assert anon.request(method, path).status_code == 401, path
         bad = anon.request(method, path, headers={"Authorization": "Bearer wrong"})
         assert bad.status_code == 401, path
     assert c.ledger.runs(workflow="backup") == []
+    assert c.ledger.paused() is None
 
 
 def test_failover_through_the_api_then_a_client_prints_on_the_bcs(api):

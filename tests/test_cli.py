@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import re
+import time
 from importlib.metadata import version
 from pathlib import Path
 
@@ -107,3 +108,52 @@ def test_status_shows_what_it_reaches_with_the_broker_or_the_ledger_down_and_exi
     human = run_cli("status", "-d", str(no_ledger), env=WIDE)
     assert "master unknown (the ledger does not answer)" in human.stdout, human.stdout
     assert not (tmp_path / "gone").exists()  # nothing made on the way
+
+
+def test_a_paused_domain_skips_beats_backups_saying_why_while_operator_commands_run(
+        make_cluster):
+    """Paused, every backup beat sends is recorded as skipped, naming the pause; status
+    shows it; an operator's backup runs and is told the domain is paused. Unpaused,
+    beat's next backup runs."""
+    c = make_cluster(servers=1, bcs=1, clients=1, objects=100)
+    c.settle()
+    c.amend_domain({"backup_interval": 1.0})
+    paused = run_cli("pause", "--reason", "printer move [floor 2]", "--json",
+                     "-d", str(c.domain.path))
+    assert paused.returncode == 0, paused.stderr
+    first = json.loads(paused.stdout)
+    assert first["began"] and first["paused"]["reason"] == "printer move [floor 2]"
+    again = json.loads(c.cli("pause", "--reason", "other", "--json", check=True).stdout)
+    assert (again["began"], again["paused"]) == (False, first["paused"])  # the first stands
+
+    c.local.start_beat()
+    skipped = poll_runs(c, lambda r: r["triggered_by"] == "beat", 3)
+    assert all(r["state"] == "skipped" for r in skipped), skipped
+    assert all("the domain is paused (by cli:" in r["reason"] and "[floor 2]" in r["reason"]
+               for r in skipped), skipped
+    assert c.ledger.catalog("bcs1") == []
+    st = json.loads(c.cli("status", "--json", check=True).stdout)
+    assert st["paused"] == first["paused"]
+    human = run_cli("status", "-d", str(c.domain.path), env=WIDE)
+    assert "PAUSED: automatic failover and scheduled backups are off: the domain is paused" \
+        in human.stdout, human.stdout
+
+    mine = c.cli("backup", "--wait")
+    assert mine.returncode == 0, mine.stdout + mine.stderr
+    assert "cosfail: note: the domain is paused (by cli:" in mine.stderr, mine.stderr
+    assert len(c.ledger.catalog("bcs1")) == 1
+
+    assert "unpaused: the pause by cli:" in c.cli("unpause", check=True).stdout
+    assert c.cli("unpause", check=True).stdout.strip() == "not paused: nothing to do"
+    ran = poll_runs(c, lambda r: r["triggered_by"] == "beat" and r["state"] != "skipped", 1)
+    assert c.wait(ran[0]["id"])["state"] == "succeeded"
+
+
+def poll_runs(c, which, count: int, timeout: float = 30.0) -> list[dict]:  # type: ignore[no-untyped-def, type-arg]
+    """The first `count` backup runs that `which` picks, once there are that many."""
+    deadline = time.time() + timeout
+    while len(found := [r for r in c.ledger.runs(limit=200, workflow="backup") if which(r)]) \
+            < count:
+        assert time.time() < deadline, f"{len(found)} of {count} runs: {found}"
+        time.sleep(0.1)
+    return found[:count]

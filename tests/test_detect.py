@@ -175,6 +175,7 @@ def test_each_guard_stops_the_automatic_failover_with_its_reason():
     assert kinds(snapshot_age=None, is_master=False) == []  # nothing restored, nothing lost
     assert kinds(liv=Liveness("srv1", SUSPECT, 95.0, 90.0, unconfirmed="x")) == ["unconfirmed"]
     assert kinds(control_worker=False) == ["control"]
+    assert kinds(paused="the domain is paused (by cli:ops …)") == ["paused"]
     assert kinds(cfg=Detect(auto_failover=True, max_auto_per_hour=0)) == ["rate"]
     assert kinds(cfg=Detect()) == ["off"]  # the default: off
     text = auto_failover_guard(down, now, cfg, "abc", [now - 1], True, 999.0)
@@ -384,17 +385,27 @@ def test_auto_failover_and_each_guard(make_cluster):
     assert found and found["auto_failover"]["run_id"] == refused["id"]
     assert "max_data_loss" in found["auto_failover"]["reason"]
 
-    # A hosting change runs (the lock is held): refused, then done once it is released.
+    # A hosting change runs (the lock is held) in a paused domain: refused for both; once
+    # the lock is released, refused for the pause alone; done once the domain is unpaused.
     set_detect(c, **auto, max_data_loss=3600)
     stop_watch(c)  # the one above must not see the lock: it would add its own guard
     c.ledger.acquire(L.HOSTING_LOCK, "heldbytest", "test", 600)
+    assert "paused: automatic failover" in c.cli("pause", "--reason", "work [srv1]",
+                                                  check=True).stdout
     start_watch(c)
     refused = poll(lambda: refused_for(c, "srv1", "run heldbytest holds the hosting lock"),
                    20, f"no lock refusal:\n{watch_log(c)}")
-    assert [g["kind"] for g in refused["params"]["guards"]] == ["lock"]
+    assert [g["kind"] for g in refused["params"]["guards"]] == ["paused", "lock"]
     assert down_in_status(c, "srv1")["auto_failover"]["run_id"] == refused["id"]
     assert hosting_runs(c) == []
     c.ledger.release(L.HOSTING_LOCK, "heldbytest")
+    refused = poll(lambda: next((r for r in auto_runs(c, "srv1") if r["state"] == L.REFUSED
+                                 and [g["kind"] for g in r["params"]["guards"]] == ["paused"]),
+                                None), 20, f"no refusal for the pause alone:\n{watch_log(c)}")
+    assert "the domain is paused (by cli:" in refused["reason"] and "work [srv1]" in \
+        refused["reason"]
+    assert hosting_runs(c) == []
+    assert "unpaused: the pause by cli:" in c.cli("unpause", check=True).stdout
 
     # Nothing stops it now: failed over with no operator action, recorded as `auto`.
     run = poll(lambda: next((r for r in auto_runs(c, "srv1") if r["state"] != L.REFUSED),

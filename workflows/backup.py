@@ -28,6 +28,7 @@ from cosfail.workflows import ledger as L
 from cosfail.workflows import trigger
 from cosfail.workflows.control import RecordBackup, record_backup
 from cosfail.workflows.engine import Do, Each, Engine, Stage, engine
+from cosfail.workflows.maintenance import paused_reason
 from cosfail.workflows.state import current_state
 
 
@@ -70,6 +71,14 @@ BACKUP = trigger.Workflow(
 
 @app.task(name="cosfail.backup.scheduled", ignore_result=True)
 def scheduled_backup() -> str:
-    """What celery beat sends every `[control].backup_interval` seconds."""
-    started = trigger.run(engine(), BACKUP, BackupRequest(), "beat", "scheduled")
+    """What celery beat sends every `[control].backup_interval` seconds: recorded as
+    skipped, with the pause, while the domain is paused (the RPO it costs shows)."""
+    eng = engine()
+    paused = eng.ledger.paused()
+    if paused:
+        run_id = eng.ledger.create_run(BACKUP.name, {"request": {}, "paused": paused}, "beat",
+                                       f"skipped: {paused_reason(paused)}", [],
+                                       state=L.SKIPPED)
+        return f"backup run {run_id}: skipped, the domain is paused"
+    started = trigger.run(eng, BACKUP, BackupRequest(), "beat", "scheduled")
     return f"backup run {started.run_id}: {started.state}"

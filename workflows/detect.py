@@ -63,6 +63,7 @@ from cosfail.workflows.detection import (
     worth_notifying,
     worth_recording,
 )
+from cosfail.workflows.maintenance import paused_reason
 
 log = logging.getLogger("cosfail.detect")
 
@@ -356,7 +357,7 @@ class Detector:
         guards = auto_failover_guards(
             liv, now, self.cfg, eng.ledger.holder(L.HOSTING_LOCK),
             auto_failover_times(eng, now), is_master, newest_snapshot_age(eng, server, now),
-            self.control_worker)
+            self.control_worker, paused_reason(eng.ledger.paused()))
         req = FailoverRequest(server=server, best=True, seen_down=True)
         if guards:
             self.refuse(server, req, guards)

@@ -215,12 +215,15 @@ def data_loss_guard(is_master: bool, snapshot_age: float | None,
 def auto_failover_guards(liv: Liveness, now: float, cfg: Detect, lock_holder: str | None,
                          auto_failovers_at: Sequence[float], is_master: bool,
                          snapshot_age: float | None,
-                         control_worker: bool = True) -> list[tuple[str, str]]:
+                         control_worker: bool = True,
+                         paused: str | None = None) -> list[tuple[str, str]]:
     """Every guard that stops the automatic failover of a candidate node now, as
-    (kind, reason); empty: go."""
+    (kind, reason); empty: go. `paused` is why the domain is paused, if it is."""
     out: list[tuple[str, str]] = []
     if not cfg.auto_failover:
         out.append(("off", "[detect].auto_failover is off"))
+    if paused:
+        out.append(("paused", paused))
     if liv.state != DOWN:
         out.append(("unconfirmed", "no second-node confirmation: "
                     + (liv.unconfirmed or "no peer asked yet")))

@@ -40,6 +40,7 @@ from cosfail.workflows.schema import (  # noqa: F401
     hosting,
     liveness,
     locks,
+    maintenance,
     metadata,
     runs,
     snapshots,
@@ -509,6 +510,37 @@ class Ledger:
         if not history or history[-1]["hosted_by"] == server:
             return None
         return history[-1]["hosted_by"]
+
+    # ----- maintenance (a paused domain) ---------------------------------------------
+    def pause(self, who: str, why: str) -> tuple[dict[str, Any], bool]:
+        """Pause the domain; (the pause in force, whether this call began it). A domain
+        already paused keeps its pause: who began it and why stay on record."""
+        row = {"domain": self.domain, "paused_at": time.time(), "paused_by": who,
+               "reason": why}
+        try:
+            with self.tx() as conn:
+                conn.execute(insert(maintenance).values(**row))
+        except IntegrityError:
+            held = self.paused()
+            if held is not None:
+                return held, False
+            return self.pause(who, why)  # unpaused in between: pause it now
+        return row, True
+
+    def unpause(self) -> dict[str, Any] | None:
+        """End the pause; the pause that ended, or None if the domain was not paused."""
+        with self.tx() as conn:
+            row = conn.execute(select(maintenance).where(maintenance.c.domain == self.domain)
+                               ).mappings().first()
+            conn.execute(maintenance.delete().where(maintenance.c.domain == self.domain))
+        return dict(row) if row else None
+
+    def paused(self) -> dict[str, Any] | None:
+        """The pause in force (paused_at, paused_by, reason), or None."""
+        with self.engine.connect() as conn:
+            row = conn.execute(select(maintenance).where(maintenance.c.domain == self.domain)
+                               ).mappings().first()
+        return dict(row) if row else None
 
     # ----- liveness (the detector's transitions) ---------------------------------------
     @property

@@ -115,6 +115,16 @@ liveness = Table(
     Column("note", Text, nullable=False, default=""),
 )
 
+# A paused domain (`cosfail pause`): one row while it lasts, deleted by `cosfail unpause`.
+maintenance = Table(
+    "maintenance",
+    metadata,
+    Column("domain", String(40), primary_key=True),
+    Column("paused_at", Float, nullable=False),
+    Column("paused_by", String(80), nullable=False),
+    Column("reason", Text, nullable=False),
+)
+
 # Step and run states.
 PLANNED, QUEUED, RUNNING, RETRYING = "planned", "queued", "running", "retrying"
 SUCCEEDED, FAILED, SKIPPED = "succeeded", "failed", "skipped"

@@ -62,7 +62,8 @@ def domain_status(domain: Domain, eng: Engine | None = None,
         })
     known = known or {"master": None, "epoch": None, "backups": {},
                       "hosting_change_running": None, "backup_running": None,
-                      "reclaim_needed": [], "down": [], "detect": {}, "lease_events": []}
+                      "reclaim_needed": [], "paused": None, "down": [], "detect": {},
+                      "lease_events": []}
     return {"domain": domain.control.name, "nodes": nodes, "unreachable": unreachable,
             **{k: v for k, v in known.items() if k not in ("leases", "liveness")}}
 
@@ -94,7 +95,8 @@ def from_ledger(eng: Engine, seen: dict[str, Any], now: float) -> dict[str, Any]
         "master": state.master, "epoch": state.epoch, "backups": backups,
         "hosting_change_running": eng.ledger.holder(L.HOSTING_LOCK),
         "backup_running": eng.ledger.holder(L.BACKUP_LOCK),
-        "reclaim_needed": reclaim_needed(eng), "down": detected["down"],
+        "reclaim_needed": reclaim_needed(eng), "paused": eng.ledger.paused(),
+        "down": detected["down"],
         "detect": detected["detect"], "lease_events": eng.ledger.lease_events(5),
         "leases": eng.ledger.leases(), "liveness": detected["liveness"],
     }
