@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import secrets
+import time
 from dataclasses import asdict
 from typing import Annotated, Any
 
@@ -36,6 +37,10 @@ class MoveBody(BaseModel):
     to: str | None = None
     dry_run: bool = False
     reason: str = ""
+
+
+class SwitchoverBody(MoveBody):
+    at: str | None = None  # ISO 8601: schedule it for then (workflows/schedule.py)
 
 
 class ReasonBody(BaseModel):
@@ -103,7 +108,8 @@ def create_app(domain: Domain) -> FastAPI:
         return JSONResponse({"detail": str(exc), "holder": exc.holder}, status_code=409)
 
     @app.exception_handler(L.UnknownRun)
-    async def _unknown(_req: Request, exc: L.UnknownRun) -> JSONResponse:
+    @app.exception_handler(L.UnknownScheduled)
+    async def _unknown(_req: Request, exc: L.LedgerError) -> JSONResponse:
         return JSONResponse({"detail": str(exc)}, status_code=404)
 
     @app.exception_handler(L.LedgerError)
@@ -154,14 +160,27 @@ def create_app(domain: Domain) -> FastAPI:
         return start(FAILOVER, req, who, body.reason, body.dry_run)
 
     @app.post("/switchover", status_code=202)
-    def switchover(body: MoveBody, who: Caller) -> dict[str, Any]:
+    def switchover(body: SwitchoverBody, who: Caller) -> dict[str, Any]:
         from cosfail.workflows.plan import MoveRequest
+        from cosfail.workflows.schedule import parse_at, schedule
         from cosfail.workflows.switchover import SWITCHOVER
 
         if not body.to:
             raise CosfailError("switchover needs `to`: the BCS to move to")
-        return start(SWITCHOVER, MoveRequest(body.server, body.to), who, body.reason,
-                     body.dry_run)
+        if body.at is None:
+            return start(SWITCHOVER, MoveRequest(body.server, body.to), who, body.reason,
+                         body.dry_run)
+        entry, now_refused = schedule(eng, MoveRequest(body.server, body.to),
+                                      parse_at(body.at, time.time()), who, body.reason)
+        return {"scheduled": entry, "refused_now": now_refused}
+
+    @app.get("/scheduled")
+    def scheduled(who: Caller, all: bool = False) -> list[dict[str, Any]]:  # noqa: A002
+        return eng.ledger.scheduled(None if all else (L.PENDING, L.DUE))
+
+    @app.delete("/scheduled/{sched_id}")
+    def cancel(sched_id: str, who: Caller) -> dict[str, Any]:
+        return eng.ledger.cancel_scheduled(sched_id, who)
 
     @app.post("/reclaim", status_code=202)
     def reclaim(body: MoveBody, who: Caller) -> dict[str, Any]:

@@ -331,15 +331,77 @@ def failover(
 def switchover(
     server: str,
     to: Annotated[str, typer.Option("--to", help="the BCS to move to")],
+    at: Annotated[str | None, typer.Option(
+        "--at", help="schedule it: an ISO 8601 time (2026-12-06T02:00, local unless it "
+        "has an offset); beat starts it then, planned and checked afresh")] = None,
     dry_run: DryRunOpt = False, yes: YesOpt = False, domain: DomainOpt = None,
     wait: WaitOpt = False, as_json: JsonOpt = False, reason: ReasonOpt = "",
 ) -> None:
-    """Planned move of SERVER's objects to a BCS, with zero data loss."""
+    """Planned move of SERVER's objects to a BCS, with zero data loss: now, or --at a
+    time (`cosfail scheduled` lists, `cosfail cancel ID` cancels)."""
     from cosfail.workflows.plan import MoveRequest
     from cosfail.workflows.switchover import SWITCHOVER
 
-    _start_confirmed(_engine(domain), SWITCHOVER, MoveRequest(server, to), "Switch over",
-                     dry_run, yes, wait, as_json, reason)
+    if at is None:
+        _start_confirmed(_engine(domain), SWITCHOVER, MoveRequest(server, to),
+                         "Switch over", dry_run, yes, wait, as_json, reason)
+        return
+    if dry_run or wait:
+        raise refuse("--at schedules the switchover: --dry-run and --wait go without it")
+    import time
+
+    from cosfail.workflows.maintenance import when
+    from cosfail.workflows.schedule import parse_at, schedule
+
+    eng = _engine(domain, need_broker=False)
+    due = parse_at(at, time.time())
+    if not yes:
+        if not sys.stdin.isatty():
+            raise refuse("not confirmed: add --yes to go ahead without a prompt")
+        if not typer.confirm(f"Switch {server} over to {to} at {when(due)}?"):
+            raise refuse("not confirmed: nothing changed")
+    entry, now_refused = schedule(eng, MoveRequest(server, to), due, who(), reason)
+    if as_json:
+        emit({"scheduled": entry, "refused_now": now_refused})
+        return
+    out.print(f"scheduled switchover {entry['id']}: {server} → {to} at {when(due)}; "
+              "`cosfail scheduled` lists it, `cosfail cancel "
+              f"{entry['id']}` cancels it", highlight=False, soft_wrap=True)
+    if now_refused:
+        err.print(f"cosfail: note: it would be refused now ({now_refused}); it is "
+                  "checked again at its time", highlight=False, soft_wrap=True)
+
+
+@app.command()
+@guarded
+def scheduled(domain: DomainOpt = None, show_all: Annotated[bool, typer.Option(
+        "--all", help="also those started, refused or cancelled")] = False,
+        as_json: JsonOpt = False) -> None:
+    """Scheduled switchovers: pending ones, soonest first (--all: every one)."""
+    from cosfail.api import view
+    from cosfail.workflows import ledger as L
+
+    rows = _engine(domain, need_broker=False).ledger.scheduled(
+        None if show_all else (L.PENDING, L.DUE))
+    if as_json:
+        emit(rows)
+    elif rows:
+        out.print(view.scheduled_table(rows))
+    else:
+        out.print("no scheduled switchover" + ("" if show_all else " pending"))
+
+
+@app.command()
+@guarded
+def cancel(sched_id: Annotated[str, typer.Argument(metavar="ID")],
+           domain: DomainOpt = None, as_json: JsonOpt = False) -> None:
+    """Cancel a pending scheduled switchover."""
+    row = _engine(domain, need_broker=False).ledger.cancel_scheduled(sched_id, who())
+    if as_json:
+        emit(row)
+    else:
+        out.print(f"scheduled switchover {sched_id} ({row['server']} → {row['to_bcs']}): "
+                  "cancelled", highlight=False)
 
 
 @app.command()

@@ -10,14 +10,15 @@ from __future__ import annotations
 import time
 from typing import Any
 
-from cosfail.workflows.maintenance import AUTOMATIC, paused_reason
+from cosfail.workflows.maintenance import AUTOMATIC, paused_reason, when
 from rich.console import Console
 from rich.live import Live
 from rich.table import Table
 from rich.text import Text
 
 STATE_STYLE = {"succeeded": "green", "failed": "bold red", "running": "yellow",
-               "queued": "cyan", "skipped": "magenta", "refused": "red", "retrying": "yellow"}
+               "queued": "cyan", "skipped": "magenta", "refused": "red", "retrying": "yellow",
+               "pending": "cyan", "due": "yellow", "started": "green", "cancelled": "magenta"}
 
 
 def _t(ts: float | None) -> str:
@@ -41,10 +42,6 @@ def runs_table(rows: list[dict[str, Any]]) -> Table:
     return t
 
 
-def _when(ts: float) -> str:
-    return time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(ts))
-
-
 def _loss(seconds: float | None, snapshot: str | None) -> str:
     if snapshot:
         return f"changes since {snapshot}" if seconds is None else \
@@ -57,8 +54,17 @@ def history_table(moves: list[Any]) -> Table:
               "data lost", "reason", title="hosting history")
     for m in moves:
         lost = _loss(m.data_loss, m.snapshot)
-        t.add_row(str(m.epoch), _when(m.since), m.server, f"{m.moved_from} → {m.hosted_by}",
+        t.add_row(str(m.epoch), when(m.since), m.server, f"{m.moved_from} → {m.hosted_by}",
                   m.run_id, m.workflow or "?", m.triggered_by or "?", lost, m.reason or "")
+    return t
+
+
+def scheduled_table(rows: list[dict[str, Any]]) -> Table:
+    t = Table("id", "at", "switchover", "state", "by", "reason", "outcome",
+              title="scheduled switchovers")
+    for r in rows:
+        t.add_row(r["id"], when(r["at"]), f"{r['server']} → {r['to_bcs']}",
+                  state_text(r["state"]), r["created_by"], r["reason"], r["outcome"] or "")
     return t
 
 
@@ -120,6 +126,9 @@ def status_view(st: dict[str, Any]) -> Table:
                        Text.assemble(f"{bcs}: ", ("no verified backup", "red")))
     if st.get("paused"):
         caption.insert(0, paused_line(st["paused"]))
+    for entry in st.get("scheduled") or []:
+        caption.append(Text(f"scheduled: switchover {entry['server']} → {entry['to_bcs']} "
+                            f"at {when(entry['at'])} ({entry['id']}, {entry['state']})"))
     if st["hosting_change_running"]:
         caption.append(Text(f"hosting change running: {st['hosting_change_running']}"))
     caption += detect_lines(st)

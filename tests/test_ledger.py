@@ -39,7 +39,7 @@ def test_a_schema_1_ledger_is_refused_then_upgraded_with_its_hosting_history_and
     shutil.copy(SCHEMA_1, path)
     before = sha(path)
     with pytest.raises(migrate.SchemaError, match="ledger schema is at revision 0001, this "
-                                                  "cosfail needs 0006: run `cosfail db upgrade`"):
+                                                  "cosfail needs 0007: run `cosfail db upgrade`"):
         L.Ledger(f"sqlite:///{path}", "demo")
     assert sha(path) == before
 
@@ -67,7 +67,7 @@ def test_the_release_before_alembics_ledger_is_upgraded_by_cosfail_db_upgrade(tm
     refused = run_cli("runs", "-d", str(domain.path))
     assert refused.returncode == 2
     assert refused.stderr == (f"cosfail: {domain.ledger_url}: ledger schema is at revision "
-                              "0002, this cosfail needs 0006: run `cosfail db upgrade`\n")
+                              "0002, this cosfail needs 0007: run `cosfail db upgrade`\n")
     assert sha(path) == before
 
     done = run_cli("db", "upgrade", "-d", str(domain.path))

@@ -51,8 +51,13 @@ def run_worker(domain: Domain, node: str | None, journal: Journal,
     ])
 
 
+# Seconds between beat's asks for due scheduled switchovers: how late one may start.
+SCHEDULE_TICK = 5.0
+
+
 def run_beat(domain: Domain) -> None:
-    """Celery beat sending a backup trigger every `[control].backup_interval` seconds.
+    """Celery beat sending a backup trigger every `[control].backup_interval` seconds,
+    and every SCHEDULE_TICK an ask to start the scheduled switchovers now due.
 
     The in-memory scheduler keeps no schedule file: beat's default one is a pickle shelf.
     """
@@ -63,6 +68,11 @@ def run_beat(domain: Domain) -> None:
             "task": "cosfail.backup.scheduled",
             "schedule": interval,
             "options": {"queue": CONTROL_QUEUE, "expires": interval},
-        }
+        },
+        "scheduled-switchovers": {
+            "task": "cosfail.schedule.due",
+            "schedule": SCHEDULE_TICK,
+            "options": {"queue": CONTROL_QUEUE, "expires": SCHEDULE_TICK},
+        },
     }
     app.start(["beat", "--scheduler", "celery.beat:Scheduler", "-l", "INFO"])

@@ -24,17 +24,21 @@ from cosfail.workflows import migrate
 # The schema is declared in workflows.schema; ledger users know it as ledger.<name>.
 from cosfail.workflows.schema import (  # noqa: F401
     BACKUP_LOCK,
+    CANCELLED,
     DETECT_LOCK,
     DONE,
+    DUE,
     FAILED,
     HOSTING_LOCK,
     HOSTING_MOVES,
+    PENDING,
     PLANNED,
     QUEUED,
     REFUSED,
     RETRYING,
     RUNNING,
     SKIPPED,
+    STARTED,
     SUCCEEDED,
     StepRow,
     hosting,
@@ -43,6 +47,7 @@ from cosfail.workflows.schema import (  # noqa: F401
     maintenance,
     metadata,
     runs,
+    scheduled_switchovers,
     snapshots,
     steps,
 )
@@ -71,6 +76,10 @@ class LedgerError(CosfailError):
 
 class UnknownRun(LedgerError):
     """No run of that id in the ledger."""
+
+
+class UnknownScheduled(LedgerError):
+    """No scheduled switchover of that id in the ledger."""
 
 
 class LockHeld(CosfailError):
@@ -541,6 +550,64 @@ class Ledger:
             row = conn.execute(select(maintenance).where(maintenance.c.domain == self.domain)
                                ).mappings().first()
         return dict(row) if row else None
+
+    # ----- scheduled switchovers --------------------------------------------------------
+    def schedule_switchover(self, server: str, to: str, at: float, who: str,
+                            why: str) -> dict[str, Any]:
+        row = {"id": new_run_id(), "server": server, "to_bcs": to, "at": at,
+               "created_at": time.time(), "created_by": who, "reason": why,
+               "state": PENDING, "decided_at": None, "run_id": None, "outcome": None}
+        with self.tx() as conn:
+            conn.execute(insert(scheduled_switchovers).values(**row))
+        return row
+
+    def scheduled(self, states: tuple[str, ...] | None = None) -> list[dict[str, Any]]:
+        """Scheduled switchovers (in `states`, if given), soonest first."""
+        q = select(scheduled_switchovers).order_by(scheduled_switchovers.c.at)
+        if states is not None:
+            q = q.where(scheduled_switchovers.c.state.in_(states))
+        with self.engine.connect() as conn:
+            return [dict(r) for r in conn.execute(q).mappings()]
+
+    def scheduled_one(self, sched_id: str) -> dict[str, Any]:
+        with self.engine.connect() as conn:
+            row = conn.execute(select(scheduled_switchovers).where(
+                scheduled_switchovers.c.id == sched_id)).mappings().first()
+        if row is None:
+            raise UnknownScheduled(f"no scheduled switchover {sched_id!r} in the ledger")
+        return dict(row)
+
+    def scheduled_due(self, now: float) -> list[dict[str, Any]]:
+        t = scheduled_switchovers
+        with self.engine.connect() as conn:
+            rows = conn.execute(select(t).where(t.c.state == PENDING, t.c.at <= now)
+                                .order_by(t.c.at)).mappings().all()
+        return [dict(r) for r in rows]
+
+    def _move_scheduled(self, sched_id: str, from_state: str, **values: Any) -> bool:
+        t = scheduled_switchovers
+        with self.tx() as conn:
+            return bool(conn.execute(update(t).where(t.c.id == sched_id, t.c.state == from_state)
+                                     .values(decided_at=time.time(), **values)).rowcount)
+
+    def claim_scheduled(self, sched_id: str) -> bool:
+        """Pending → due, for one caller only: a switchover starts once, however many
+        ticks find it due."""
+        return self._move_scheduled(sched_id, PENDING, state=DUE)
+
+    def settle_scheduled(self, sched_id: str, state: str, outcome: str,
+                         run_id: str | None = None) -> None:
+        """A claimed switchover's end: started (its run) or refused (why)."""
+        self._move_scheduled(sched_id, DUE, state=state, outcome=outcome, run_id=run_id)
+
+    def cancel_scheduled(self, sched_id: str, who: str) -> dict[str, Any]:
+        if not self._move_scheduled(sched_id, PENDING, state=CANCELLED,
+                                    outcome=f"cancelled by {who}"):
+            row = self.scheduled_one(sched_id)
+            raise LedgerError(f"scheduled switchover {sched_id} is {row['state']}"
+                              + (f" (run {row['run_id']})" if row["run_id"] else "")
+                              + ": only a pending one can be cancelled")
+        return self.scheduled_one(sched_id)
 
     # ----- liveness (the detector's transitions) ---------------------------------------
     @property

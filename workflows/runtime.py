@@ -32,7 +32,7 @@ def run_worker(domain: Domain, node: str | None, concurrency: int = 4) -> None:
 
 def journal_for(domain: Domain) -> Engine:
     # Importing registers every control step and workflow task on the app.
-    from cosfail.workflows import backup, control  # noqa: F401
+    from cosfail.workflows import backup, control, schedule  # noqa: F401
 
     engine_mod._engine = Engine(domain)
     return engine_mod._engine

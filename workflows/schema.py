@@ -125,6 +125,26 @@ maintenance = Table(
     Column("reason", Text, nullable=False),
 )
 
+# Switchovers set for a time (`cosfail switchover --at`): pending until beat's tick at
+# that time claims one (due), then started (run_id) or refused (outcome says why); or
+# cancelled before.
+scheduled_switchovers = Table(
+    "scheduled_switchovers",
+    metadata,
+    Column("id", String(32), primary_key=True),
+    Column("server", String(40), nullable=False),
+    Column("to_bcs", String(40), nullable=False),
+    Column("at", Float, nullable=False, index=True),
+    Column("created_at", Float, nullable=False),
+    Column("created_by", String(80), nullable=False),
+    Column("reason", Text, nullable=False),
+    Column("state", String(20), nullable=False, index=True),
+    Column("decided_at", Float),
+    Column("run_id", String(32)),
+    Column("outcome", Text),
+)
+PENDING, DUE, STARTED, CANCELLED = "pending", "due", "started", "cancelled"
+
 # Step and run states.
 PLANNED, QUEUED, RUNNING, RETRYING = "planned", "queued", "running", "retrying"
 SUCCEEDED, FAILED, SKIPPED = "succeeded", "failed", "skipped"

@@ -62,7 +62,8 @@ def domain_status(domain: Domain, eng: Engine | None = None,
         })
     known = known or {"master": None, "epoch": None, "backups": {},
                       "hosting_change_running": None, "backup_running": None,
-                      "reclaim_needed": [], "paused": None, "down": [], "detect": {},
+                      "reclaim_needed": [], "paused": None, "scheduled": [], "down": [],
+                      "detect": {},
                       "lease_events": []}
     return {"domain": domain.control.name, "nodes": nodes, "unreachable": unreachable,
             **{k: v for k, v in known.items() if k not in ("leases", "liveness")}}
@@ -96,6 +97,7 @@ def from_ledger(eng: Engine, seen: dict[str, Any], now: float) -> dict[str, Any]
         "hosting_change_running": eng.ledger.holder(L.HOSTING_LOCK),
         "backup_running": eng.ledger.holder(L.BACKUP_LOCK),
         "reclaim_needed": reclaim_needed(eng), "paused": eng.ledger.paused(),
+        "scheduled": eng.ledger.scheduled((L.PENDING, L.DUE)),
         "down": detected["down"],
         "detect": detected["detect"], "lease_events": eng.ledger.lease_events(5),
         "leases": eng.ledger.leases(), "liveness": detected["liveness"],
