@@ -11,6 +11,7 @@ from pathlib import Path
 
 from conftest import free_port, run_cli
 from cosfail.launcher.demo_domain import init_demo
+from cosfail.workflows.metrics import render
 
 WIDE = {"COLUMNS": "400"}  # Rich wraps at 80 columns off a terminal
 
@@ -137,6 +138,7 @@ def test_a_paused_domain_skips_beats_backups_saying_why_while_operator_commands_
     human = run_cli("status", "-d", str(c.domain.path), env=WIDE)
     assert "PAUSED: automatic failover and scheduled backups are off: the domain is paused" \
         in human.stdout, human.stdout
+    assert "\ncosfail_domain_paused 1.0\n" in render(c.engine)
 
     mine = c.cli("backup", "--wait")
     assert mine.returncode == 0, mine.stdout + mine.stderr
@@ -145,6 +147,7 @@ def test_a_paused_domain_skips_beats_backups_saying_why_while_operator_commands_
 
     assert "unpaused: the pause by cli:" in c.cli("unpause", check=True).stdout
     assert c.cli("unpause", check=True).stdout.strip() == "not paused: nothing to do"
+    assert "\ncosfail_domain_paused 0.0\n" in render(c.engine)
     ran = poll_runs(c, lambda r: r["triggered_by"] == "beat" and r["state"] != "skipped", 1)
     assert c.wait(ran[0]["id"])["state"] == "succeeded"
 

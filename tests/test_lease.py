@@ -260,7 +260,10 @@ def test_printing_goes_on_through_a_ledger_outage_of_two_ttls_in_failsafe(leased
     assert outage["until"] - outage["since"] >= TTL
     assert outage_metrics(c, "srv1") == {
         ("cosfail_ledger_outages_total", "failsafe"): 1,
-        ("cosfail_ledger_outage_seconds_total", "failsafe"): outage["until"] - outage["since"]}
+        ("cosfail_ledger_outage_seconds_total", "failsafe"): outage["until"] - outage["since"],
+        **{(name, kind): 0 for name in ("cosfail_ledger_outages_total",
+                                        "cosfail_ledger_outage_seconds_total")
+           for kind in ("lease", "stopped")}}
 
 
 LIBFAKETIME = Path("/usr/lib/x86_64-linux-gnu/faketime/libfaketime.so.1")

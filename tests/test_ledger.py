@@ -39,7 +39,7 @@ def test_a_schema_1_ledger_is_refused_then_upgraded_with_its_hosting_history_and
     shutil.copy(SCHEMA_1, path)
     before = sha(path)
     with pytest.raises(migrate.SchemaError, match="ledger schema is at revision 0001, this "
-                                                  "cosfail needs 0007: run `cosfail db upgrade`"):
+                                                  "cosfail needs 0008: run `cosfail db upgrade`"):
         L.Ledger(f"sqlite:///{path}", "demo")
     assert sha(path) == before
 
@@ -52,6 +52,10 @@ def test_a_schema_1_ledger_is_refused_then_upgraded_with_its_hosting_history_and
     newest = led.newest_by_subject(("restart-check", "reclaim"))
     assert {s: r["workflow"] for s, r in newest.items()} == {"srv1": "reclaim"}
     assert [r["subject"] for r in led.runs(limit=100, workflow="backup")] == [None] * 3
+    # Each run's failures, as its launches and state imply: srv2's failed failover's one.
+    assert {(r["workflow"], r["subject"], r["state"]): r["failures"]
+            for r in led.runs(limit=100) if r["failures"]} == {
+        ("failover", "srv2", "failed"): 1}
     # Upgraded again (a second operator): nothing to do, nothing doubled.
     assert migrate.upgrade(led.engine) == (migrate.HEAD, migrate.HEAD)
     assert len(led.hosting_history()) == 3
@@ -67,7 +71,7 @@ def test_the_release_before_alembics_ledger_is_upgraded_by_cosfail_db_upgrade(tm
     refused = run_cli("runs", "-d", str(domain.path))
     assert refused.returncode == 2
     assert refused.stderr == (f"cosfail: {domain.ledger_url}: ledger schema is at revision "
-                              "0002, this cosfail needs 0007: run `cosfail db upgrade`\n")
+                              "0002, this cosfail needs 0008: run `cosfail db upgrade`\n")
     assert sha(path) == before
 
     done = run_cli("db", "upgrade", "-d", str(domain.path))

@@ -78,7 +78,7 @@ def test_status_and_metrics_follow_each_phase(make_cluster):
     assert m["cosfail_lease_remaining_seconds", (("node", "srv1"),)] <= 10
     ledger_runs = c.ledger.runs(limit=1000)
     for r in ledger_runs:
-        key = ("cosfail_runs", (("state", r["state"]), ("workflow", r["workflow"])))
+        key = ("cosfail_runs_finished_total", (("state", r["state"]), ("workflow", r["workflow"])))
         expected = sum(1 for x in ledger_runs
                        if (x["workflow"], x["state"]) == (r["workflow"], r["state"]))
         assert m[key] == expected, key

@@ -150,6 +150,16 @@ _QUEUE_NEXT = update(steps).where(
 ).values(state=QUEUED, queued_at=bindparam("v_now"), error=None)
 
 
+def histogram_columns(took: Any, bounds: tuple[float, ...]) -> list[Any]:
+    """Per group: how many took at most each bound, their total, their count."""
+    return [*(func.sum(case((took <= b, 1), else_=0)) for b in bounds), func.sum(took),
+            func.count()]
+
+
+def histogram_row(row: Any) -> tuple[list[int], float, int]:
+    return [int(x) for x in row[:-2]], float(row[-2]), int(row[-1])
+
+
 def new_run_id() -> str:
     return uuid.uuid4().hex[:12]
 
@@ -253,12 +263,23 @@ class Ledger:
             rows = conn.execute(q).mappings().all()
         return {r["subject"]: {**r, "params": json.loads(r["params"])} for r in rows}
 
-    def run_counts(self) -> dict[tuple[str, str], int]:
-        """(workflow, state) → how many runs are in it."""
-        q = select(runs.c.workflow, runs.c.state, func.count()).group_by(runs.c.workflow,
-                                                                          runs.c.state)
+    def run_counts(self) -> dict[tuple[str, str], tuple[int, int]]:
+        """(workflow, state) → (how many runs are in it, how many times they failed)."""
+        q = (select(runs.c.workflow, runs.c.state, func.count(), func.sum(runs.c.failures))
+             .group_by(runs.c.workflow, runs.c.state))
         with self.engine.connect() as conn:
-            return {(wf, st): n for wf, st, n in conn.execute(q).all()}
+            return {(wf, st): (n, int(f)) for wf, st, n, f in conn.execute(q).all()}
+
+    def run_durations(self, bounds: tuple[float, ...]
+                      ) -> dict[str, tuple[list[int], float, int]]:
+        """workflow → (how many succeeded runs took at most each bound, trigger to end,
+        their total seconds, their count): a succeeded run is never run again."""
+        took = runs.c.finished_at - runs.c.created_at
+        q = (select(runs.c.workflow, *histogram_columns(took, bounds))
+             .where(runs.c.state == SUCCEEDED, runs.c.finished_at.is_not(None))
+             .group_by(runs.c.workflow))
+        with self.engine.connect() as conn:
+            return {r[0]: histogram_row(r[1:]) for r in conn.execute(q).all()}
 
     def newest_run(self, workflow: str, state: str) -> dict[str, Any] | None:
         q = (select(runs).where(runs.c.workflow == workflow, runs.c.state == state)
@@ -273,16 +294,13 @@ class Ledger:
         total seconds, their count): a histogram that only grows, counted by the
         database, since succeeded steps are never undone."""
         took = steps.c.finished_at - steps.c.started_at
-        q = (select(runs.c.workflow, steps.c.name,
-                    *(func.sum(case((took <= b, 1), else_=0)) for b in bounds),
-                    func.sum(took), func.count())
+        q = (select(runs.c.workflow, steps.c.name, *histogram_columns(took, bounds))
              .join(runs, runs.c.id == steps.c.run_id)
              .where(steps.c.state == SUCCEEDED, steps.c.started_at.is_not(None),
                     steps.c.finished_at.is_not(None))
              .group_by(runs.c.workflow, steps.c.name))
         with self.engine.connect() as conn:
-            return {(r[0], r[1]): ([int(x) for x in r[2:-2]], float(r[-2]), int(r[-1]))
-                    for r in conn.execute(q).all()}
+            return {(r[0], r[1]): histogram_row(r[2:]) for r in conn.execute(q).all()}
 
     def steps(self, run_id: str) -> list[StepRow]:
         with self.engine.connect() as conn:
@@ -342,6 +360,8 @@ class Ledger:
     def set_run_state(self, run_id: str, state: str, error: str | None = None,
                       conn: Connection | None = None) -> None:
         values: dict[str, Any] = {"state": state, "error": error}
+        if state == FAILED:  # once per failure, however often it is recorded
+            values["failures"] = runs.c.failures + case((runs.c.state != FAILED, 1), else_=0)
         if state in (SUCCEEDED, FAILED, REFUSED, SKIPPED):
             values["finished_at"] = time.time()
         else:
@@ -695,7 +715,8 @@ class Ledger:
         with self.tx() as conn:
             for rid in conn.execute(q).scalars().all():
                 done = conn.execute(update(runs).where(runs.c.id == rid, runs.c.state == PLANNED)
-                                    .values(state=FAILED, error=error, finished_at=time.time()))
+                                    .values(state=FAILED, error=error, finished_at=time.time(),
+                                            failures=runs.c.failures + 1))
                 if done.rowcount:
                     failed.append(rid)
                     self.release(BACKUP_LOCK, rid, conn=conn)

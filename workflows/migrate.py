@@ -22,7 +22,7 @@ from sqlalchemy import Connection, Engine, column, inspect, select, table, text
 MIGRATIONS = Path(__file__).with_name("migrations")
 # The revision this cosfail's code reads and writes (tests/test_ledger.py checks it is
 # the newest script's).
-HEAD = "0007"
+HEAD = "0008"
 # A pre-Alembic ledger's schema_version → the revision that made the same schema.
 LEGACY = {1: "0001", 2: "0002"}
 _ADVISORY_KEY = 0x636F7366  # "cosf": the key every cosfail migrator locks

@@ -35,6 +35,8 @@ runs = Table(
     Column("reason", Text, nullable=False, default=""),
     Column("state", String(20), nullable=False, index=True),
     Column("launch", Integer, nullable=False, default=1),
+    # Times the run failed, counted as it fails: a resumed run that succeeds keeps them.
+    Column("failures", Integer, nullable=False, server_default="0"),
     Column("created_at", Float, nullable=False),
     Column("finished_at", Float),
     Column("error", Text),
