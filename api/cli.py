@@ -13,6 +13,7 @@ import json
 import os
 import sys
 from collections.abc import Callable
+from enum import StrEnum
 from functools import wraps
 from pathlib import Path
 from typing import Annotated, Any
@@ -53,18 +54,29 @@ def _print_version(wanted: bool) -> None:
         raise typer.Exit(0)
 
 
+class LogFormat(StrEnum):
+    text = "text"
+    json = "json"
+
+
 @app.callback()
 def options(
     domain: DomainOpt = None,
+    log_format: Annotated[LogFormat | None, typer.Option(
+        "--log-format", help="log lines as text (the default) or JSON, one per event, "
+        "with level, node, run and step; for this command and the processes it starts "
+        "(default $COSFAIL_LOG_FORMAT)")] = None,
     _version: Annotated[bool, typer.Option(
         "--version", callback=_print_version, is_eager=True,
         help="print cosfail's version and exit")] = False,
 ) -> None:
     """cosfail: failover for COSprint print domains."""
     # `cosfail -d FILE CMD` is `COSFAIL_DOMAIN=FILE cosfail CMD`: for the command, and
-    # for what it starts; a -d after the command still wins.
+    # for what it starts; a -d after the command still wins. --log-format likewise.
     if domain is not None:
         os.environ["COSFAIL_DOMAIN"] = str(domain.absolute())
+    if log_format is not None:
+        os.environ["COSFAIL_LOG_FORMAT"] = log_format.value
 
 
 def refuse(message: str) -> typer.Exit:
@@ -507,10 +519,13 @@ def serve_api(domain: DomainOpt = None) -> None:
     """Serve the trigger API on [control].api."""
     import uvicorn
     from cosfail.api.app import create_app
+    from cosfail.cosprint import logs
 
     d = _domain(domain)
     host, _, port = d.control.api.rpartition(":")
-    uvicorn.run(create_app(d), host=host or "127.0.0.1", port=int(port), log_level="info")
+    logs.setup("control")
+    uvicorn.run(create_app(d), host=host or "127.0.0.1", port=int(port), log_level="info",
+                log_config=None)
 
 
 @app.command()

@@ -284,12 +284,13 @@ def make_flower(domain: Domain, options: Any) -> Any:
 
 def serve(domain: Domain) -> None:
     """Run Flower until SIGTERM (what `cosfail flower` does)."""
+    from cosfail.cosprint import logs
     from cosfail.workers.app import check_broker
     from flower.command import setup_logging
 
     options = flower_options(domain)
     check_broker(domain.broker_url)
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
+    logs.setup("control")
     setup_logging()
     app = make_flower(domain, options)
     atexit.register(app.stop)

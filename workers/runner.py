@@ -8,12 +8,13 @@ sits above workers, so they are handed in rather than imported.
 from __future__ import annotations
 
 import faulthandler
-import logging
 import os
 import signal
 from collections.abc import Callable
+from typing import Any
 
-from celery.signals import worker_ready
+from celery.signals import setup_logging, task_postrun, task_prerun, worker_ready
+from cosfail.cosprint import logs
 from cosfail.cosprint.domain import Domain
 from cosfail.workers.app import (
     CONTROL_QUEUE,
@@ -44,15 +45,34 @@ def run_worker(domain: Domain, node: str | None, journal: Journal,
     # `kill -USR1 <pid>` writes every thread's stack to the log: how to see a stuck step.
     faulthandler.register(signal.SIGUSR1, all_threads=True)
     queue = node_queue(node) if node else CONTROL_QUEUE
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
+    use_cosfail_logging(node or "control")
     app.worker_main([
-        "worker", "-Q", queue, "-n", f"{node or 'control'}@%h", "-P", "threads",
+        # --quiet: no banner, so that every line of the log is one event
+        "--quiet", "worker", "-Q", queue, "-n", f"{node or 'control'}@%h", "-P", "threads",
         "-c", str(concurrency), "-l", "INFO", "--without-gossip", "--without-mingle", "-E",
     ])
 
 
 # Seconds between beat's asks for due scheduled switchovers: how late one may start.
 SCHEDULE_TICK = 5.0
+
+
+def use_cosfail_logging(node: str) -> None:
+    """cosfail's log lines (cosprint/logs.py) for Celery's too: Celery sets up no logging
+    of its own once a receiver handles `setup_logging`; each task's lines carry the run
+    and step of its envelope, from its start to its end (Celery's "succeeded" line
+    included)."""
+    logs.setup(node)
+    setup_logging.connect(lambda **_kw: None, weak=False)
+
+    @task_prerun.connect(weak=False)
+    def _in_run(kwargs: dict[str, Any] | None = None, **_kw: object) -> None:
+        run = (kwargs or {}).get("run") or {}
+        logs.in_run(run.get("run_id", ""), run.get("name", ""))
+
+    @task_postrun.connect(weak=False)
+    def _out_of_run(**_kw: object) -> None:
+        logs.out_of_run()
 
 
 def run_beat(domain: Domain) -> None:
@@ -75,4 +95,5 @@ def run_beat(domain: Domain) -> None:
             "options": {"queue": CONTROL_QUEUE, "expires": SCHEDULE_TICK},
         },
     }
-    app.start(["beat", "--scheduler", "celery.beat:Scheduler", "-l", "INFO"])
+    use_cosfail_logging("control")
+    app.start(["--quiet", "beat", "--scheduler", "celery.beat:Scheduler", "-l", "INFO"])

@@ -39,6 +39,7 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, replace
 from typing import Any
 
+from cosfail.cosprint import logs
 from cosfail.cosprint.domain import Detect, Domain
 from cosfail.workflows import ledger as L
 from cosfail.workflows.detection import (
@@ -446,7 +447,7 @@ class Detector:
 
 def watch(eng: Any) -> None:
     """`cosfail watch`: run the detector until SIGTERM or SIGINT."""
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
+    logs.setup("control")
     stop = threading.Event()
     for sig in (signal.SIGTERM, signal.SIGINT):
         signal.signal(sig, lambda *_: stop.set())

@@ -15,7 +15,7 @@ import sys
 import threading
 from pathlib import Path
 
-from cosfail.cosprint import forkserver
+from cosfail.cosprint import forkserver, logs
 from cosfail.cosprint.daemon.identity import LOGFILE, PIDFILE, READY, is_cosprintd, read_pid
 from cosfail.cosprint.daemon.server import CosprintServer
 from cosfail.cosprint.daemon.service import Service
@@ -30,14 +30,10 @@ STOP_SIGNALS = {signal.SIGTERM, signal.SIGINT}
 
 def _setup_logging(path: Path, node: str) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
-    fmt = logging.Formatter(f"%(asctime)s cosprintd[%(process)d] {node} %(levelname)s %(message)s")
-    handlers: list[logging.Handler] = [logging.FileHandler(path)]
-    if sys.stderr.isatty():  # the driver sends stderr to the same file: avoid doubles
-        handlers.append(logging.StreamHandler())
-    for h in handlers:
-        h.setFormatter(fmt)
-        log.addHandler(h)
-    log.setLevel(logging.INFO)
+    if logs.wanted() == "json":
+        with_packages()  # the JSON formatter's
+    # The driver sends stderr to the same file: echoed only to a terminal, not doubled.
+    logs.setup(node, file=path, echo=sys.stderr.isatty())
 
 
 def _refuse_if_running(path: Path, settings: Settings) -> None:
