@@ -25,7 +25,7 @@ from cosfail.cosprint.drivers import driver_for
 from cosfail.cosprint.errors import DriverError
 from cosfail.launcher.demo_domain import init_demo
 from cosfail.launcher.hosts import require_root
-from cosfail.launcher.local import LocalDomain, free_port
+from cosfail.launcher.local import LocalDomain
 from cosfail.workers.app import configure
 from cosfail.workflows import ledger as L
 from cosfail.workflows import trigger
@@ -162,8 +162,7 @@ def run_demo(say: Say, show_run: RunShown, directory: Path | None = None,
     say(f"creating a demo domain in {base}: 2 servers, 1 BCS, 3 clients, {objects} objects, "
         f"{where}")
     path = init_demo(base / "domain", servers=2, bcs=1, clients=3, objects=objects,
-                     hosts=hosts,
-                     broker=None if hosts else f"redis://127.0.0.1:{free_port()}/0")
+                     hosts=hosts)
     domain = load_domain(path)
     configure(domain)
     local = LocalDomain(domain)

@@ -45,7 +45,6 @@ from sqlalchemy.exc import SQLAlchemyError
 DOMAIN_NAME = "demo"
 MASTER = "srv1"
 EPOCH = 1
-DEFAULT_BROKER = "redis://127.0.0.1:6379/0"
 DEFAULT_LEDGER = "sqlite:///ledger.db"
 TOKEN_NAME = "api.token"  # in the control plane's secrets directory (_secrets_dir)
 FLOWER_AUTH_NAME = "flower.auth"
@@ -88,7 +87,9 @@ def init_demo(
     Nodes are `srv1..srvN` (srv1 is master), `bcs1..bcsM`, `cl1..clK`. With
     `coverage="one"` every BCS covers every server; with `"each"` server i is covered by
     BCS ((i-1) % M) + 1. Ports are `base_port`, `base_port+1`, ... (nodes, then API, then
-    Flower), or free ports of this machine when `base_port` is None.
+    Flower, then the broker's), or free ports of this machine when `base_port` is None.
+    Without `broker`, the domain has a broker of its own on that last port (`local up`
+    starts a redis-server there): never a shared Redis another domain uses.
 
     `driver="cups"` makes every node's COSprint a real cupsd (servers and BCSs) or a
     client.conf (clients), its printers behind the project's sink backend; `objects`
@@ -130,8 +131,6 @@ def init_demo(
         elif ledger.startswith("sqlite"):
             raise DemoError("--hosts needs a ledger every host reaches over the network "
                             "(postgresql+psycopg://...), not a SQLite file on one of them")
-        if broker is None:
-            broker = f"redis://{control_address}:6379/0"
     ledger_url = resolve_sqlite_url(DEFAULT_LEDGER if ledger is None else ledger, directory)
     if ledger_url.startswith("sqlite:///") and os.path.lexists(ledger_url[len("sqlite:///"):]):
         # its authoritative master and epoch would overrule the new domain's srv1@1
@@ -141,13 +140,15 @@ def init_demo(
         )
 
     if lab is not None:
-        ports = [HOST_PORT] * len(names) + [8700, 5555]
+        ports = [HOST_PORT] * len(names) + [8700, 5555, 6379]
     elif base_port is None:
-        ports = _free_ports(len(names) + 2)
+        ports = _free_ports(len(names) + 3)
     else:
-        ports = list(range(base_port, base_port + len(names) + 2))
+        ports = list(range(base_port, base_port + len(names) + 3))
     node_ports = dict(zip(names, ports, strict=False))
-    api_port, flower_port = ports[-2], ports[-1]
+    api_port, flower_port, broker_port = ports[-3:]
+    if broker is None:
+        broker = f"redis://{control_address if lab else '127.0.0.1'}:{broker_port}/0"
 
     if coverage == "one":
         cover = [(b, list(srv)) for b in bcss]
@@ -161,7 +162,7 @@ def init_demo(
         roles=roles,
         ports=node_ports,
         cover=cover,
-        broker=DEFAULT_BROKER if broker is None else broker,
+        broker=broker,
         ledger=DEFAULT_LEDGER if ledger is None else ledger,
         api=f"{control_address if lab else '127.0.0.1'}:{api_port}",
         flower=f"{control_address if lab else '127.0.0.1'}:{flower_port}",

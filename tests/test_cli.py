@@ -10,7 +10,10 @@ from importlib.metadata import version
 from pathlib import Path
 
 from conftest import free_port, run_cli
+from cosfail.cosprint.domain import load_domain
 from cosfail.launcher.demo_domain import init_demo
+from cosfail.launcher.local import LocalDomain
+from cosfail.workers.app import check_broker
 from cosfail.workflows.metrics import render
 
 WIDE = {"COLUMNS": "400"}  # Rich wraps at 80 columns off a terminal
@@ -160,3 +163,19 @@ def poll_runs(c, which, count: int, timeout: float = 30.0) -> list[dict]:  # typ
         assert time.time() < deadline, f"{len(found)} of {count} runs: {found}"
         time.sleep(0.1)
     return found[:count]
+
+
+def test_init_demo_gives_each_domain_a_broker_of_its_own_that_local_up_starts(tmp_path: Path):
+    brokers = []
+    for name in ("a", "b"):
+        done = run_cli("init-demo", str(tmp_path / name), "--objects", "10")
+        assert done.returncode == 0, done.stderr
+        brokers.append(load_domain(tmp_path / name / "domain.toml").broker_url)
+    assert brokers[0] != brokers[1] and not any(b.endswith(":6379/0") for b in brokers)
+    local = LocalDomain(load_domain(tmp_path / "a" / "domain.toml"))
+    started = local.ensure_broker()  # what `cosfail local up` does first
+    try:
+        assert started is not None and started.alive()
+        check_broker(brokers[0], timeout=2.0)
+    finally:
+        local.stop_components([started] if started else [])

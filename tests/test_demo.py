@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 import stat
 import time
 from pathlib import Path
@@ -50,7 +51,9 @@ def test_demo_domain_loads_with_named_nodes_and_srv1_as_master(demo: Domain):
     assert demo.names("client") == ["cl1", "cl2"]
     assert demo.initial_master == "srv1"
     assert demo.control.name == "demo"
-    assert demo.control.broker == "redis://127.0.0.1:6379/0"
+    # a broker of its own (`local up` starts it), never a shared Redis's db 0
+    assert re.fullmatch(r"redis://127\.0\.0\.1:(\d+)/0", demo.control.broker)
+    assert not demo.control.broker.endswith(":6379/0")
     assert demo.spec.ledger.url == "sqlite:///ledger.db"
     assert demo.control.token_file == "secrets/api.token"
     assert demo.control.flower_auth_file == "secrets/flower.auth"
