@@ -564,11 +564,11 @@ class InstalledCosfail:
         (built.site_packages / "test-venv-packages.pth").write_text("\n".join(borrowed) + "\n")
         return built
 
-    def run(self, *argv: str,
-            env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
+    def run(self, *argv: str, env: dict[str, str] | None = None,
+            timeout: float = 120) -> subprocess.CompletedProcess[str]:
         """`argv` run in the fresh venv, from outside the source tree."""
         return subprocess.run(  # noqa: S603
-            argv, capture_output=True, text=True, timeout=120, cwd=self.root,
+            argv, capture_output=True, text=True, timeout=timeout, cwd=self.root,
             env={"PATH": f"{self.bin}{os.pathsep}{os.environ['PATH']}", **(env or {})})
 
 

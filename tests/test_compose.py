@@ -38,6 +38,8 @@ import pytest
 import yaml
 from conftest import REPO, RedisServer, free_port
 from cosfail.cosprint.domain import load_domain
+from packaging.requirements import Requirement
+from packaging.utils import canonicalize_name
 from sqlalchemy.engine import make_url
 
 pytestmark = pytest.mark.timeout(180)
@@ -231,7 +233,8 @@ def test_images_are_pinned_to_what_runs_here(config: dict[str, Any]) -> None:
 def test_dockerfile_builds_a_non_root_image_with_everything_the_code_reads() -> None:
     text = (REPO / "Dockerfile").read_text()
     assert re.search(r"^FROM python:3\.11-slim", text, re.M)
-    assert 'pip install ".[postgres]"' in text
+    assert "COPY requirements.lock ./" in text and "!requirements.lock" in (
+        REPO / ".dockerignore").read_text()
     user = re.findall(r"^USER (\S+)", text, re.M)
     assert user and user[-1] not in ("root", "0"), user
     # the build context is what the Dockerfile copies, never deploy/secrets or a venv
@@ -255,6 +258,37 @@ def test_dockerfile_builds_a_non_root_image_with_everything_the_code_reads() -> 
                 assert any(f.relative_to(REPO / src).match(p) for p in patterns), (
                     f"{f.relative_to(REPO)} would be missing from the image: add it to "
                     "[tool.setuptools.package-data] in pyproject.toml")
+
+
+def locked() -> dict[str, tuple[str, int]]:
+    """requirements.lock: package → (pinned version, how many hashes)."""
+    pins: dict[str, tuple[str, int]] = {}
+    name = ""
+    for line in (REPO / "requirements.lock").read_text().splitlines():
+        if m := re.match(r"^([A-Za-z0-9_.\-]+)==(\S+)", line):
+            name = canonicalize_name(m.group(1))
+            pins[name] = (m.group(2), 0)
+        elif "--hash=sha256:" in line:
+            version, hashes = pins[name]
+            pins[name] = (version, hashes + 1)
+    return pins
+
+
+def test_the_image_installs_every_dependency_at_its_locked_version_and_hash_and_cups():
+    text = (REPO / "Dockerfile").read_text()
+    locked_install = text.index("pip install --require-hashes --no-deps -r requirements.lock")
+    assert locked_install < text.index("pip install --no-deps . && pip check")
+    assert re.search(r"apt-get install -y --no-install-recommends cups-daemon cups-client "
+                     r"cups-bsd", text)
+    pins = locked()
+    assert pins and all(hashes for _, hashes in pins.values()), pins
+    project = tomllib.loads((REPO / "pyproject.toml").read_text())["project"]
+    wanted = [Requirement(r) for r in
+              (*project["dependencies"], *project["optional-dependencies"]["postgres"])]
+    for req in wanted:  # each direct dependency, within pyproject's range, with its extras
+        name = canonicalize_name(req.name)
+        assert name in pins and req.specifier.contains(pins[name][0]), (req, pins.get(name))
+    assert {"redis", "psycopg-binary"} <= pins.keys()  # celery[redis], psycopg[binary]
 
 
 def test_health_refuses_bad_input() -> None:
