@@ -162,6 +162,18 @@ class Cluster:
         assert run["state"] == "succeeded", run["error"]
         return run_id
 
+    def backup_nobody_takes(self) -> dict:  # type: ignore[type-arg]
+        """A backup run while the master's worker is stopped (SIGSTOP), ended: its export
+        waits in the queue past `[control].step_expires` and the run fails."""
+        pid = self.worker_pid(self.domain.initial_master)
+        os.kill(pid, signal.SIGSTOP)
+        try:
+            run_id = trigger.run(self.engine, BACKUP, BackupRequest(), "test",
+                                 "the master's worker stopped").run_id
+            return self.wait(run_id)
+        finally:
+            os.kill(pid, signal.SIGCONT)
+
     def hosted(self, node: str) -> dict[str, int]:
         """Objects per host in `node`'s own copy of the tables."""
         with tables.connect(self.domain.tables_url(node)) as conn:

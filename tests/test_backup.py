@@ -235,13 +235,7 @@ def test_a_backup_no_worker_took_fails_saying_so_and_frees_the_schedule(make_clu
     c = make_cluster(servers=1, bcs=1, clients=0, objects=100, up=False)
     c.amend_domain(control={"step_expires": 3.0})
     c.up()
-    pid = c.worker_pid("srv1")
-    os.kill(pid, signal.SIGSTOP)
-    try:
-        stuck = trigger.run(c.engine, BACKUP, BackupRequest(), "test", "srv1's worker stopped")
-        failed = c.wait(stuck.run_id)
-    finally:
-        os.kill(pid, signal.SIGCONT)
+    failed = c.backup_nobody_takes()
     assert failed["state"] == "failed", failed
     assert "no worker of srv1 took the step within 3 s" in failed["error"], failed["error"]
     assert c.ledger.holder(L.BACKUP_LOCK) is None

@@ -6,18 +6,14 @@ only for series the exporter serves."""
 from __future__ import annotations
 
 import json
-import os
 import re
 import shutil
-import signal
 import subprocess
 from pathlib import Path
 from typing import Any
 
 import yaml
 from cosfail.cosprint.lease import Outage, outcome_kind
-from cosfail.workflows import trigger
-from cosfail.workflows.backup import BACKUP, BackupRequest
 from cosfail.workflows.metrics import OUTAGE_KINDS, render
 from prometheus_client.parser import text_string_to_metric_families
 
@@ -154,13 +150,8 @@ def test_metrics_lint_clean_and_keep_a_resumed_runs_failure_counted(make_cluster
     c = make_cluster(servers=1, bcs=1, clients=0, objects=100, up=False)
     c.amend_domain(control={"step_expires": 2.0})
     c.up()
-    pid = c.worker_pid("srv1")
-    os.kill(pid, signal.SIGSTOP)
-    try:
-        run_id = trigger.run(c.engine, BACKUP, BackupRequest(), "test", "worker stopped").run_id
-        failed = c.wait(run_id)
-    finally:
-        os.kill(pid, signal.SIGCONT)
+    failed = c.backup_nobody_takes()
+    run_id = failed["id"]
     assert failed["state"] == "failed", failed
     before = render(c.engine)
     lint(before)
