@@ -77,6 +77,26 @@ def test_a_step_that_reached_another_nodes_worker_is_refused_and_does_not_act(ma
     assert c.driver("cl1").read_designation() == before
 
 
+@pytest.mark.parametrize("new_ledger", ["sqlite"], indirect=True)  # no ledger write to see
+def test_a_step_of_another_domain_is_dropped_without_acting_or_writing_the_ledger(
+        make_cluster):
+    c = make_cluster(clients=1)
+    before = c.driver("cl1").read_designation()
+    run_id = one_step_run(c, epoch=1)
+    [row] = c.ledger.steps(run_id)
+    assert row.envelope["domain"] == c.domain.control.name  # every step says whose it is
+    c.ledger.set_run_state(run_id, L.RUNNING)
+    app.send_task(row.task, kwargs={"run": {**row.envelope, "domain": "elsewhere"},
+                                    "step": row.input}, queue="node.cl1")
+    deadline = time.time() + 60
+    while "a step of domain 'elsewhere' reached a worker of domain" not in worker_log(c, "cl1"):
+        assert time.time() < deadline, worker_log(c, "cl1")[-2000:]
+        time.sleep(0.1)
+    [after] = c.ledger.steps(run_id)
+    assert (after.state, after.attempt, after.task_id) == (L.PLANNED, 0, None), after
+    assert c.driver("cl1").read_designation() == before
+
+
 def test_a_fan_out_stops_waiting_for_a_member_queued_or_orphaned_past_expiry_or_hung_past_lease():
     """The fan-out's decision, over data: who is overdue, and why, at a given instant."""
     waiting = {"cl1": L.QUEUED, "cl2": L.RUNNING, "cl3": L.RUNNING, "cl4": L.RUNNING}

@@ -49,6 +49,9 @@ class Envelope:
     launch: int = 1
     # Set for the members of a fan-out: the last of them to finish settles the stage.
     member: bool = False
+    # The domain whose run it is: a worker of another domain on the same broker leaves
+    # it alone (empty in messages queued before the field was added).
+    domain: str = ""
 
     @property
     def where(self) -> str:
@@ -174,6 +177,12 @@ def step(name: str, input_type: type[S]) -> Callable[[StepFn], Task]:
 
 def _run_step(self: Task, env: Envelope, fn: StepFn, arg: S) -> str:
     domain = current_domain()
+    if env.domain and env.domain != domain.control.name:
+        # Not this domain's run: its ledger is not this worker's to write either. The
+        # run's own stage deadline fails the step, resumably.
+        log.error("dropped %s of run %s: a step of domain %r reached a worker of domain %r",
+                  env.name, env.run_id, env.domain, domain.control.name)
+        raise Ignore()
     here = this_node()
     if env.node != here and not (env.node == CONTROL and here == CONTROL):
         # A control worker serves `control` only; a node worker its own queue.

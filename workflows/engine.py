@@ -79,13 +79,14 @@ def _row(env: Envelope, task: Task, input: Any, member: bool, required: bool) ->
     }
 
 
-def plan_rows(run_id: str, workflow: str, epoch: int, stages: list[Stage]) -> list[dict]:
+def plan_rows(run_id: str, workflow: str, epoch: int, stages: list[Stage],
+              domain: str = "") -> list[dict]:
     rows: list[dict[str, Any]] = []
     for idx, stage in enumerate(stages):
         name = short_name(stage.task)
         ep = stage.epoch if stage.epoch is not None else epoch
         base = Envelope(run_id=run_id, workflow=workflow, index=idx, name=name,
-                        node=CONTROL, epoch=ep)
+                        node=CONTROL, epoch=ep, domain=domain)
         if isinstance(stage, Do):
             rows.append(_row(replace(base, node=stage.node), stage.task, stage.input,
                              member=False, required=True))
@@ -111,7 +112,7 @@ class Engine:
                epoch: int, stages: list[Stage], run_id: str | None = None,
                subject: str | None = None) -> str:
         run_id = run_id or L.new_run_id()
-        rows = plan_rows(run_id, workflow, epoch, stages)
+        rows = plan_rows(run_id, workflow, epoch, stages, self.domain.control.name)
         return self.ledger.create_run(workflow, params, who, why, rows, run_id=run_id,
                                       subject=subject)
 
