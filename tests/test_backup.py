@@ -24,6 +24,8 @@ from cosfail.workers.steps import OUTBOX, is_verified
 from cosfail.workflows import ledger as L
 from cosfail.workflows import trigger
 from cosfail.workflows.backup import BACKUP, BackupRequest
+from cosfail.workflows.failover import FAILOVER
+from cosfail.workflows.plan import FailoverRequest
 
 T = TypeVar("T")
 
@@ -244,7 +246,8 @@ def test_a_backup_no_worker_took_fails_saying_so_and_frees_the_schedule(make_clu
     assert c.wait(following.run_id)["state"] == "succeeded"
 
 
-def test_two_domains_on_one_broker_back_up_at_once_each_by_its_own_workers(make_cluster):
+def test_two_domains_on_one_broker_back_up_and_fail_over_at_once_each_by_its_own_workers(
+        make_cluster):
     """Both have a srv1 and a bcs1, and the same queue names: each domain's keys carry
     its name, so neither takes the other's steps (one did, and its backup failed)."""
     a = make_cluster("a", up=False, servers=1, bcs=1, clients=0, objects=100)
@@ -265,6 +268,20 @@ def test_two_domains_on_one_broker_back_up_at_once_each_by_its_own_workers(make_
         took = {int(s.worker.rsplit(":", 1)[1]) for s in c.ledger.steps(run.run_id)
                 if s.worker}
         assert took and took <= own, (c.domain.control.name, took, own)
+    # Both lose srv1 and fail it over to their bcs1 at once.
+    started = []
+    for c in (a, b):
+        configure(c.domain)
+        own = {c.worker_pid(n) for n in ("bcs1", None)}
+        c.local.kill("srv1")
+        started.append((c, own, trigger.run(c.engine, FAILOVER, FailoverRequest("srv1", "bcs1"),
+                                            "test", "at once")))
+    for c, own, run in started:
+        assert c.wait(run.run_id)["state"] == "succeeded", c.ledger.run(run.run_id)["error"]
+        took = {int(s.worker.rsplit(":", 1)[1]) for s in c.ledger.steps(run.run_id)
+                if s.worker}
+        assert took and took <= own, (c.domain.control.name, took, own)
+        assert str(c.authority()) == "bcs1@2"
 
 
 def test_a_skipped_run_says_truly_what_its_lock_holder_is_doing():
