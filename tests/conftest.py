@@ -89,7 +89,10 @@ def new_ledger(request: pytest.FixtureRequest):  # type: ignore[no-untyped-def]
 # The fault suites (killing a worker at every step of the longest chains takes minutes
 # per backend) run on PostgreSQL in `make soak`, on SQLite in every `make test`: both
 # backends in CI would take it past its 30 minutes. The workflow suites run on both.
-SOAK_ON_POSTGRESQL = ("tests/faults/",)
+# So do the beat-driven tests of pause and scheduled switchover: their ledger work is
+# one conditional update each, which the SQLite run and the ledger race tests cover.
+SOAK_ON_POSTGRESQL = ("tests/faults/", "tests/test_schedule.py",
+                      "tests/test_cli.py::test_a_paused_domain")
 
 
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
