@@ -288,6 +288,14 @@ def _plan_table(plan: Any, fences: bool) -> Any:
     return t
 
 
+def confirm(question: str) -> None:
+    """Ask the operator; refuse (nothing changed) without a yes, or without a TTY to ask."""
+    if not sys.stdin.isatty():
+        raise refuse("not confirmed: add --yes to go ahead without a prompt")
+    if not typer.confirm(question):
+        raise refuse("not confirmed: nothing changed")
+
+
 def _start_confirmed(eng: Any, wf: Any, request: Any, what: str, dry_run: bool, yes: bool,
                      wait: bool, as_json: bool, reason: str) -> None:
     """Plan, show the plan and ask (unless --yes), then start exactly that plan."""
@@ -304,10 +312,7 @@ def _start_confirmed(eng: Any, wf: Any, request: Any, what: str, dry_run: bool, 
     if dry_run:
         return
     if not yes:
-        if not sys.stdin.isatty():
-            raise refuse("not confirmed: add --yes to go ahead without a prompt")
-        if not typer.confirm(f"{what} now?"):
-            raise refuse("not confirmed: nothing changed")
+        confirm(f"{what} now?")
     started = trigger.start(eng, planned, who(), reason)
     _finish(eng, started.run_id, wait, as_json)
 
@@ -368,10 +373,7 @@ def switchover(
     eng = _engine(domain, need_broker=False)
     due = parse_at(at, time.time())
     if not yes:
-        if not sys.stdin.isatty():
-            raise refuse("not confirmed: add --yes to go ahead without a prompt")
-        if not typer.confirm(f"Switch {server} over to {to} at {when(due)}?"):
-            raise refuse("not confirmed: nothing changed")
+        confirm(f"Switch {server} over to {to} at {when(due)}?")
     entry, now_refused = schedule(eng, MoveRequest(server, to), due, who(), reason)
     if as_json:
         emit({"scheduled": entry, "refused_now": now_refused})
