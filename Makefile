@@ -18,7 +18,7 @@ demo: $(STAMP)
 
 test: $(STAMP)
 	$(BIN)/ruff check .
-	$(BIN)/pytest -m "not soak" --durations=25
+	$(BIN)/pytest -m "not soak" --durations=40
 
 # The long campaigns (tests marked soak), outside CI's 30 minutes.
 soak: $(STAMP)

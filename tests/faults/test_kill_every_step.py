@@ -25,6 +25,10 @@ from cosfail.workflows.switchover import FAILBACK, SWITCHOVER
 from faults.harness import FaultHarness, KillPoint
 
 WHO = "fault-suite"
+# CI runs the failover's matrix, whose hosting core (workflows/failover.py, move_hosting)
+# switchover and failback share. The other matrices, 1-3 minutes each, run in `make soak`
+# to keep CI under 30 minutes; CI still SIGKILLs a worker mid-backup and at each of
+# reclaim's node steps (tests/test_backup.py, tests/test_reclaim.py).
 DATA_STEPS = frozenset({"export_tables", "ship_snapshot", "verify_snapshot", "restore_snapshot",
               "rehost_objects", "publish_tables", "refresh_tables", "repoint_and_start",
               "set_aside_data", "resend_set_aside_jobs"})
@@ -113,6 +117,7 @@ def test_failover_survives_a_kill_at_every_step(fault_cluster):
     assert len(report) >= 18
 
 
+@pytest.mark.soak
 @pytest.mark.timeout(1500)
 def test_backup_survives_a_kill_at_every_step(fault_cluster):
     c, fp = fault_cluster(servers=1, bcs=1, clients=1, objects=3000)
@@ -122,6 +127,7 @@ def test_backup_survives_a_kill_at_every_step(fault_cluster):
     assert len(report) >= 8
 
 
+@pytest.mark.soak
 @pytest.mark.timeout(1500)
 def test_reclaim_survives_a_kill_at_every_step(fault_cluster):
     c, fp = srv1_on_bcs1(fault_cluster)
@@ -131,9 +137,6 @@ def test_reclaim_survives_a_kill_at_every_step(fault_cluster):
     assert len(report) >= 8
 
 
-# Switchover and failback run the failover's hosting core (workflows/failover.py,
-# move_hosting), whose every step the failover matrix kills in CI; their own matrices,
-# the two longest in the suite, run in `make soak` to keep CI under 30 minutes.
 @pytest.mark.soak
 @pytest.mark.timeout(1500)
 def test_switchover_survives_a_kill_at_every_step(fault_cluster):
@@ -156,6 +159,7 @@ def test_failback_survives_a_kill_at_every_step(fault_cluster):
     assert len(report) >= 10
 
 
+@pytest.mark.soak
 @pytest.mark.timeout(900)
 def test_restart_check_survives_a_kill_at_every_step(fault_cluster):
     c, fp = fault_cluster(servers=1, bcs=1, clients=1, objects=3000, up=False)
