@@ -3,10 +3,12 @@
 Runs the backup benchmark (`bench/backup.py`: backup vs `sqlite3 .backup` + `cp` +
 `sha256sum`, and the step hop) and the failover benchmark (`bench/failover.py`: RTO over
 the node and object sweeps, where its time goes, and the BCS worker's memory), one
-after the other on one redis-server, then prints each one's tables and a summary: every
+after the other on one redis-server, then the command-line benchmark (`bench/cli.py`:
+how long `cosfail status` and others take, spawn to exit, on a broker of its own), then
+prints each one's tables and a summary: every
 measure of the issue beside its target, `pass`, `miss`, or `report` where the issue asks
 only for the figure. Writes `summary.json` (the summary and both benchmarks' full
-results), `backup.json`, `failover.json` and `rto.png` (RTO against nodes, and against
+results), `backup.json`, `failover.json`, `cli.json` and `rto.png` (RTO against nodes, and against
 objects) under `bench/results/`; a `--quick` smoke run writes under
 `bench/results/quick/`, which git ignores.
 """
@@ -22,7 +24,7 @@ from typing import Any
 
 from cosfail.launcher.local import LoopbackRedis
 
-from bench import backup, failover
+from bench import backup, cli, failover
 from bench.common import BenchFailed, write_json
 
 RESULTS = backup.REPO / "bench" / "results"
@@ -36,7 +38,7 @@ def row(measure: str, figure: str, target: str, ok: bool | None) -> dict[str, An
     return {"measure": measure, "figure": figure, "target": target, "verdict": verdict}
 
 
-def summarise(bk: dict[str, Any], fo: dict[str, Any]) -> list[dict[str, Any]]:
+def summarise(bk: dict[str, Any], fo: dict[str, Any], cl: dict[str, Any]) -> list[dict[str, Any]]:
     """The issue's table, from whatever the two benchmarks measured."""
     rows = []
     configs = fo["configs"]
@@ -89,6 +91,15 @@ def summarise(bk: dict[str, Any], fo: dict[str, Any]) -> list[dict[str, Any]]:
                         f"{(e['bcs_worker_peak_kb'] - e['bcs_worker_before_kb']) / 1024:.0f} MB "
                         f"over {e['bcs_worker_before_kb'] / 1024:.0f}; snapshot "
                         f"{e['snapshot_bytes'] / 1e6:.0f} MB)", "report", None))
+    commands = cl["commands"]
+    status = commands["cosfail status"]["median_ms"]
+    rows.append(row(f"`cosfail status`, spawn to exit (median of {cl['repeats']})",
+                    f"{status:.0f} ms (bare interpreter "
+                    f"{commands['python -c pass']['median_ms']:.0f})",
+                    f"≤ {cl['target_status_ms']:.0f} ms", cli.verdict(cl)))
+    rows.append(row("`cosfail status` with the broker stopped (exit 3)",
+                    f"{commands['cosfail status, broker stopped']['median_ms']:.0f} ms",
+                    "report", None))
     if "failure" in bk:
         rows.append(row("backup benchmark", "failed: " + bk["failure"][:200], "succeeds", False))
     for key, e in configs.items():
@@ -205,10 +216,13 @@ def main() -> None:
                             args.workdir)
         write_json(out / "failover.json", fo)
         failover.report(fo, out / "failover.json")
-    rows = summarise(bk, fo)
+    cl = cli.bench(repeats, args.keep, args.workdir)
+    write_json(out / "cli.json", cl)
+    cli.report(cl, out / "cli.json")
+    rows = summarise(bk, fo, cl)
     write_json(out / "summary.json", {"when": fo["when"], "cpus": os.cpu_count(),
                                  "took_s": round(time.time() - t0), "quick": args.quick,
-                                 "summary": rows, "backup": bk, "failover": fo})
+                                 "summary": rows, "backup": bk, "failover": fo, "cli": cl})
     print_summary(rows)
     if plot(fo, out / "rto.png"):
         print(f"plot: {out / 'rto.png'}")

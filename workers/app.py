@@ -14,6 +14,9 @@ from celery import Celery
 from cosfail.cosprint.domain import Domain, load_domain
 
 CONTROL_QUEUE = "control"
+# Sent by name: who only asks after the nodes (`cosfail status`) need not import the
+# steps, and with them the SSH stack, to send it.
+PROBE_TASK = "cosfail.node.probe"
 
 app = Celery("cosfail", include=["cosfail.workers.steps"])
 
@@ -166,6 +169,8 @@ def check_broker(url: str, timeout: float = 2.0) -> None:
 
     try:
         with Connection(url, connect_timeout=timeout) as conn:
-            conn.ensure_connection(max_retries=1, timeout=timeout)
+            # kombu sleeps 2 s before its one retry by default: an operator asking
+            # `status` of a dead broker would wait it out for nothing.
+            conn.ensure_connection(max_retries=1, interval_start=0, timeout=timeout)
     except Exception as exc:  # kombu raises transport-specific errors
         raise BrokerUnreachable(f"broker {url} does not answer ({type(exc).__name__})") from None

@@ -17,7 +17,7 @@ from cosfail.cosprint.designation import Designation
 from cosfail.cosprint.drivers import driver_for
 from cosfail.cosprint.errors import CosfailError, DriverError, SnapshotError
 from cosfail.workers import transport
-from cosfail.workers.app import app, current_domain, may_answer
+from cosfail.workers.app import PROBE_TASK, app, current_domain, may_answer
 from cosfail.workers.step import Here, Outcome, step, this_node, worker_id
 from sqlalchemy import func, select
 
@@ -171,7 +171,7 @@ def snapshot_report(here: Here, min_epoch: int) -> list[dict[str, object]]:
     return report
 
 
-@app.task(name="cosfail.node.probe", ignore_result=False, acks_late=False)
+@app.task(name=PROBE_TASK, ignore_result=False, acks_late=False)
 def probe(check_snapshots: bool = True) -> dict[str, object]:
     """This node as its worker sees it: COSprint, designation, last run, snapshots."""
     here = Here(current_domain(), this_node())

@@ -7,8 +7,7 @@ from dataclasses import asdict
 
 from cosfail.cosprint.domain import Domain
 from cosfail.cosprint.drivers import driver_for
-from cosfail.workers.app import app, connected_workers, node_queue
-from cosfail.workers.steps import probe
+from cosfail.workers.app import PROBE_TASK, app, connected_workers, node_queue
 from cosfail.workflows.plan import NodeSeen
 
 
@@ -64,7 +63,7 @@ def probe_all(domain: Domain, nodes: list[str] | None = None,
     (a failover's dead server would otherwise hold the failover's accept for `timeout`).
     """
     nodes = nodes or domain.names()
-    pending = {n: probe.apply_async(queue=node_queue(n), expires=timeout)
+    pending = {n: app.send_task(PROBE_TASK, queue=node_queue(n), expires=timeout)
                for n in nodes if ask_workers}
     start = time.time()
     deadline = {n: start + (min(timeout, SUSPECT_TIMEOUT) if n == suspect else timeout)
