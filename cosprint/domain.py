@@ -47,6 +47,11 @@ class CupsSettings(_Strict):
     server_bin: str = "/usr/lib/cups"  # the system's backends, filters and helpers
     user: str = "lp"  # cups-files.conf User/Group: cupsd refuses to run jobs as root
     group: str = "lp"
+    # The job history a client polls its jobs in: each finished job's attributes kept
+    # this many seconds, and at most max_jobs jobs, finished or not (cupsd.conf's
+    # PreserveJobHistory and MaxJobs; the oldest finished job makes room first).
+    job_history: int = Field(default=86400, ge=0)
+    max_jobs: int = Field(default=500, ge=1)
 
 
 class Hooks(_Strict):

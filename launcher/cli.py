@@ -40,6 +40,10 @@ def init_demo(
     hosts: Annotated[bool, typer.Option(
         "--hosts", help="every node its own host (a network namespace; root only), "
                         "the ledger on PostgreSQL on the control host")] = False,
+    device: Annotated[str | None, typer.Option(
+        help="every printer's device: a real printer's URI, e.g. "
+             "ipp://127.0.0.1:8631/ipp/print [default: made-up devices behind a sink]")
+    ] = None,
 ) -> None:
     """Write DIR/domain.toml and every node's home, with realistic objects."""
     from cosfail.launcher.demo_domain import init_demo as make
@@ -50,7 +54,7 @@ def init_demo(
         raise refuse(f"--driver must be reference or cups, not {driver!r}")
     path = make(directory, servers=servers, bcs=bcs, clients=clients, objects=objects,
                 coverage=coverage, broker=broker, ledger=ledger,
-                driver=driver, hosts=hosts)  # type: ignore[arg-type]
+                driver=driver, hosts=hosts, device=device)  # type: ignore[arg-type]
     out.print(f"wrote {path}")
 
 

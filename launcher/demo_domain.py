@@ -20,6 +20,7 @@ from __future__ import annotations
 import json
 import os
 import random
+import re
 import secrets
 import socket
 import tomllib
@@ -81,6 +82,7 @@ def init_demo(
     ledger: str | None = None,
     driver: DriverKind = "reference",
     hosts: bool = False,
+    device: str | None = None,
 ) -> Path:
     """Write `directory/domain.toml` and every node's home; return the domain file path.
 
@@ -93,7 +95,8 @@ def init_demo(
 
     `driver="cups"` makes every node's COSprint a real cupsd (servers and BCSs) or a
     client.conf (clients), its printers behind the project's sink backend; `objects`
-    defaults to 1000, or 60 with CUPS.
+    defaults to 1000, or 60 with CUPS. With `device` (a URI: a real printer, such as an
+    IPP one), every printer's device is that printer, and no sink stands before it.
 
     `hosts=True` makes every node, and the control plane, a host of its own
     (launcher/hosts.py: `DIR/lab.json`, homes under `hosts/<name>`): each node has its
@@ -105,6 +108,8 @@ def init_demo(
     if objects is None:
         objects = DEFAULT_OBJECTS[driver]
     _check_args(servers, bcs, clients, objects, coverage, base_port, broker, ledger)
+    if device is not None and not re.fullmatch(r"[a-z][a-z0-9+.-]*://\S+", device):
+        raise DemoError(f"device: want a printer's URI (ipp://host:port/path), not {device!r}")
     directory = Path(directory).absolute()
     domain_file = directory / DEFAULT_DOMAIN_FILE
     if directory.exists() and not directory.is_dir():
@@ -170,6 +175,7 @@ def init_demo(
         summary=f"{servers} server(s), {bcs} bcs, {clients} client(s), {objects} objects, "
         f"coverage {coverage!r}" + (f", driver {driver!r}" if driver != "reference" else ""),
         driver=driver,
+        sink=device is None,
     )
     # Validate before anything is written: the file must load as it is.
     try:
@@ -184,7 +190,7 @@ def init_demo(
             for sub in ("etc", "var", "spool") + (("backup",) if roles[n] == "bcs" else ()):
                 (home / sub).mkdir(parents=True, exist_ok=True)
         _write_secrets(directory, lab)
-        _write_tables(directory, homes, srv, objects)
+        _write_tables(directory, homes, srv, objects, device)
         if lab is not None:
             write_host_keys(directory, lab, names)
             lab.save(directory / LAB_FILE)
@@ -264,6 +270,7 @@ def _domain_toml(
     summary: str,
     driver: DriverKind = "reference",
     lab: Lab | None = None,
+    sink: bool = True,
 ) -> str:
     defaults = Control()
     lines = [
@@ -295,7 +302,7 @@ def _domain_toml(
             lines += [f"host = {_q(address)}", "", "[node.ssh]", f"host = {_q(address)}",
                       'key_file = "~/.ssh/id_ed25519"', 'known_hosts = "~/.ssh/known_hosts"']
         if driver == "cups":  # the port is the cupsd's; jobs go to the sink backend
-            lines += ['driver = "cups"', "", "[node.cups]", "sink = true"]
+            lines += ['driver = "cups"', "", "[node.cups]", f"sink = {str(sink).lower()}"]
     for b, servers in cover:
         lines += [
             "",
@@ -380,8 +387,10 @@ def split_budget(budget: int) -> dict[str, int]:
     return counts
 
 
-def generate_rows(servers: list[str], objects: int, seed: int = SEED) -> dict[str, list[dict]]:
-    """The rows of the six tables, `objects` in all, spread evenly over `servers`."""
+def generate_rows(servers: list[str], objects: int, seed: int = SEED,
+                  device: str | None = None) -> dict[str, list[dict]]:
+    """The rows of the six tables, `objects` in all, spread evenly over `servers`; every
+    printer's device `device` when given."""
     rng = random.Random(seed)
     rows: dict[str, list[dict]] = {t.name: [] for t in tables.OBJECT_TABLES}
     printers, queues, formats = rows["printers"], rows["queues"], rows["formats"]
@@ -399,17 +408,17 @@ def generate_rows(servers: list[str], objects: int, seed: int = SEED) -> dict[st
             ip = f"10.{net}.{a % 256}.{b + 1}"
             kind = rng.random()
             if kind < 0.6:
-                device = f"socket://{ip}:9100"
+                uri = f"socket://{ip}:9100"
             elif kind < 0.85:
-                device = f"lpd://{ip}/{rng.choice(['lp', 'raw', 'PASSTHRU'])}"
+                uri = f"lpd://{ip}/{rng.choice(['lp', 'raw', 'PASSTHRU'])}"
             else:
-                device = f"ipp://{name}.print.example.com/ipp/print"
+                uri = f"ipp://{name}.print.example.com/ipp/print"
             floor = rng.randint(0, 9)
             printers.append({
                 "id": p0 + k + 1,
                 "name": name,
                 "host": host,
-                "device": device,
+                "device": device or uri,
                 "location": f"Building {rng.choice('ABCDEFGH')}, floor {floor}, "
                 f"room {floor}.{rng.randint(1, 40):02d}",
             })
@@ -463,12 +472,13 @@ def _remove_db(path: Path) -> None:
 
 
 def _write_tables(
-    directory: Path, homes: dict[str, Path], servers: list[str], objects: int
+    directory: Path, homes: dict[str, Path], servers: list[str], objects: int,
+    device: str | None,
 ) -> None:
     """Generate the master's tables once, then copy the file into every node's home."""
     work = directory / f".{TABLES_FILE}.generating"
     _remove_db(work)
-    rows = generate_rows(servers, objects)
+    rows = generate_rows(servers, objects, device=device)
     with tables.connect(f"sqlite:///{work}") as conn:
         for t in tables.OBJECT_TABLES:
             conn.execute(t.insert(), rows[t.name])

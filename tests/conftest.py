@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 import os
 import re
+import shlex
 import shutil
 import signal
 import socket
@@ -19,9 +20,11 @@ import sys
 import tempfile
 import threading
 import time
-from collections.abc import Iterator, Sequence
+from collections import Counter
+from collections.abc import Callable, Iterator, Sequence
 from itertools import count
 from pathlib import Path
+from typing import TypeVar
 
 import pytest
 from cosfail.cosprint import authority, tables
@@ -88,11 +91,23 @@ def new_ledger(request: pytest.FixtureRequest):  # type: ignore[no-untyped-def]
 
 # The fault suites (killing a worker at every step of the longest chains takes minutes
 # per backend) run on PostgreSQL in `make soak`, on SQLite in every `make test`: both
-# backends in CI would take it past its 30 minutes. The workflow suites run on both.
-# So do the beat-driven tests of pause and scheduled switchover: their ledger work is
-# one conditional update each, which the SQLite run and the ledger race tests cover.
-SOAK_ON_POSTGRESQL = ("tests/faults/", "tests/test_schedule.py",
-                      "tests/test_cli.py::test_a_paused_domain")
+# backends in CI would take it past its 30 minutes. So do the beat-driven tests of pause
+# and scheduled switchover (their ledger work is one conditional update each, which the
+# ledger race tests cover on both), and the slowest workflow tests whose ledger work is
+# the runs and steps every workflow writes: each workflow's main test, the lease, the
+# hosts domain and the ledger tests run on PostgreSQL in CI.
+SOAK_ON_POSTGRESQL = (
+    "tests/faults/", "tests/test_schedule.py", "tests/test_cli.py::test_a_paused_domain",
+    "tests/test_cli.py::test_status_shows",
+    "tests/test_reclaim.py::test_reclaim_interrupted_by_sigkill",
+    "tests/test_reclaim.py::test_failback_reclaim_due_and_history_survive",
+    "tests/test_reclaim.py::test_refusals_change_nothing",
+    "tests/test_detect.py::test_blip_kill_recommendation",
+    "tests/test_failover.py::test_a_client_whose_worker_dies",
+    "tests/test_failover.py::test_restore_killed_mid_step",
+    "tests/test_failover.py::test_bad_input_through_the_cli",
+    "tests/test_backup.py::test_a_worker_killed_mid_copy",
+)
 
 
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
@@ -426,6 +441,87 @@ def flower() -> Iterator:  # type: ignore[type-arg]
         return server
 
     yield start
+
+
+T = TypeVar("T")
+
+
+def wait_until(what: Callable[[], T], timeout: float = 30.0, why: str = "condition",
+               poll: float = 0.05) -> T:
+    """Poll `what()` until it is truthy; a timeout is a failsafe, not a speed assert."""
+    deadline = time.monotonic() + timeout
+    while True:
+        got = what()
+        if got:
+            return got
+        if time.monotonic() > deadline:
+            raise AssertionError(f"{why}: still not true after {timeout:g} s")
+        time.sleep(poll)
+
+
+class IppDevice:
+    """A real IPP printer: CUPS's ippeveprinter on a loopback port. Its print command
+    records each job's name in `record`, so "printed" means an IPP printer received the
+    job and completed it, counted on the device's side. ippeveprinter starts only with a
+    D-Bus to register with (even when told not to register), so it gets a bus of its own."""
+
+    def __init__(self, workdir: Path) -> None:
+        self.workdir = workdir
+        self.port = free_port()
+        self.uri = f"ipp://127.0.0.1:{self.port}/ipp/print"
+        self.record = workdir / "printed.txt"
+        self.procs: list[subprocess.Popen[bytes]] = []
+
+    def start(self, timeout: float = 15.0) -> None:
+        spool = self.workdir / "spool"
+        spool.mkdir(parents=True)
+        command = self.workdir / "print-command"
+        command.write_text("#!/bin/sh\n# Records the job's name, once per job printed.\n"
+                           f"printf '%s\\n' \"$IPP_JOB_NAME\" >> {shlex.quote(str(self.record))}\n")
+        command.chmod(0o755)
+        bus = f"unix:path={self.workdir / 'bus'}"
+        log = open(self.workdir / "ippeveprinter.log", "wb")  # noqa: SIM115 - kept by the child
+        self.procs.append(subprocess.Popen(  # noqa: S603
+            ["dbus-daemon", "--session", f"--address={bus}", "--nofork", "--nopidfile"],
+            stdout=log, stderr=log))
+        wait_until(lambda: (self.workdir / "bus").exists(), 10, "the device's D-Bus")
+        self.procs.append(subprocess.Popen(  # noqa: S603
+            ["ippeveprinter", "-r", "off", "-n", "localhost", "-p", str(self.port),
+             "-d", str(spool), "-c", str(command), "-f", "text/plain,application/octet-stream",
+             "cosfail test device"],
+            stdout=log, stderr=log, env={**os.environ, "DBUS_SYSTEM_BUS_ADDRESS": bus}))
+        deadline = time.time() + timeout
+        while True:
+            assert self.procs[-1].poll() is None, \
+                f"ippeveprinter exited: {(self.workdir / 'ippeveprinter.log').read_text()}"
+            try:
+                socket.create_connection(("127.0.0.1", self.port), timeout=0.5).close()
+                return
+            except OSError:
+                assert time.time() < deadline, f"ippeveprinter does not answer on {self.port}"
+                time.sleep(0.05)
+
+    def printed(self) -> Counter[str]:
+        """How many times the device printed each job name."""
+        if not self.record.exists():
+            return Counter()
+        return Counter(self.record.read_text().splitlines())
+
+    def stop(self) -> None:
+        for proc in reversed(self.procs):
+            proc.kill()
+            proc.wait()
+
+
+@pytest.fixture
+def ipp_device(tmp_path: Path) -> Iterator[IppDevice]:
+    """A real IPP printer of this test's own (IppDevice), stopped after it."""
+    assert shutil.which("ippeveprinter") and shutil.which("dbus-daemon"), \
+        "cups-ipp-utils and dbus are not installed (.ci/run installs them)"
+    device = IppDevice(tmp_path / "ipp-device")
+    device.start()
+    yield device
+    device.stop()
 
 
 class SSHD:

@@ -10,11 +10,9 @@ import json
 import os
 import signal
 import time
-from collections.abc import Callable
 from pathlib import Path
-from typing import TypeVar
 
-from conftest import free_port, run_cli
+from conftest import free_port, run_cli, wait_until
 from cosfail.cosprint import tables
 from cosfail.cosprint.snapshot import import_snapshot, list_snapshots
 from cosfail.launcher.demo_domain import init_demo
@@ -27,23 +25,8 @@ from cosfail.workflows.backup import BACKUP, BackupRequest
 from cosfail.workflows.failover import FAILOVER
 from cosfail.workflows.plan import FailoverRequest
 
-T = TypeVar("T")
-
 
 # ----- helpers ----------------------------------------------------------------------------
-def wait_until(what: Callable[[], T], timeout: float = 30.0, poll: float = 0.01,
-               why: str = "condition") -> T:
-    """Poll `what()` until it is truthy; a timeout is a failsafe, not a speed assert."""
-    deadline = time.monotonic() + timeout
-    while True:
-        got = what()
-        if got:
-            return got
-        if time.monotonic() > deadline:
-            raise AssertionError(f"{why}: still not true after {timeout:g} s")
-        time.sleep(poll)
-
-
 def step_of(c, run_id: str, name: str, node: str = ""):  # type: ignore[no-untyped-def]
     """The ledger row of step `name` on `node` (a fan-out member when node is given)."""
     return next(s for s in c.ledger.steps(run_id) if s.name == name and s.node == node)

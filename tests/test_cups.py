@@ -18,6 +18,7 @@ from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
+from conftest import wait_until
 from cosfail.cosprint import tables
 from cosfail.cosprint.drivers.cups import UNFINISHED, CupsError, read_job
 from cosfail.workflows import trigger
@@ -53,10 +54,11 @@ VOLATILE = re.compile(r" ?(printer-state-change-time|printer-uri-supported)=\S+"
 
 
 def config(c, node: str) -> dict[str, object]:  # type: ignore[no-untyped-def]
-    """`lpstat -p -c -d` and `lpoptions -p D` of every destination, without the times and
-    the server's own URI (which differ between two servers serving the same objects)."""
+    """`lpstat -p -a -c -v -d` (enabled, accepting, class members, device URIs, default)
+    and `lpoptions -p D` of every destination, without the times and the server's own URI
+    (which differ between two servers serving the same objects)."""
     dests = cups(c, node, "lpstat", "-e", check=False).split()
-    lpstat = cups(c, node, "lpstat", "-p", "-c", "-d", check=False)
+    lpstat = cups(c, node, "lpstat", "-p", "-a", "-c", "-v", "-d", check=False)
     lpstat = re.sub(r" since .*", "", lpstat)
     return {"lpstat": lpstat.splitlines(),
             "lpoptions": {d: VOLATILE.sub("", cups(c, node, "lpoptions", "-p", d)).split()
@@ -113,14 +115,6 @@ class Client(threading.Thread):
             time.sleep(0.05)
 
 
-def wait_until(what, timeout: float = 60.0, why: str = "condition"):  # type: ignore[no-untyped-def]
-    deadline = time.time() + timeout
-    while True:
-        got = what()
-        if got:
-            return got
-        assert time.time() < deadline, f"{why}: still not true after {timeout:g} s"
-        time.sleep(0.1)
 
 
 def wait_run(c, workflow: str, timeout: float = 60.0) -> dict:  # type: ignore[no-untyped-def, type-arg]
@@ -331,4 +325,7 @@ def test_the_domain_file_refuses_cups_settings_it_cannot_honour(tmp_path: Path) 
             'driver = "cups"', 'driver = "cups"\nshared_spool = "/srv/spool"', 1)), path)
     with pytest.raises(DomainFileError, match=r"\[node.cups\] needs driver"):
         parse_domain(tomllib.loads(text.replace('driver = "cups"', 'driver = "reference"', 1)),
+                     path)
+    with pytest.raises(DomainFileError, match="max_jobs"):
+        parse_domain(tomllib.loads(text.replace("sink = true", "sink = true\nmax_jobs = 0", 1)),
                      path)

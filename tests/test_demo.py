@@ -253,6 +253,7 @@ def test_a_file_where_the_directory_should_be_is_refused(tmp_path: Path):
         ({"base_port": 65534}, "base_port"),
         ({"broker": ""}, "broker"),
         ({"ledger": " "}, "ledger"),
+        ({"device": "printer in room 2"}, "device"),
     ],
 )
 def test_invalid_arguments_are_refused_before_anything_is_written(

@@ -46,8 +46,9 @@ master's cupsd), which `start` rewrites (re-pointing the client) and `stop` leav
 place (without one, `lp` would fall back to a system cupsd); `submit` sends a job to the
 cupsd that hosts the queue, as the client's tables say.
 
-Spool: a cupsd's RequestRoot is the node's spool directory, and cosfail's cupsd keeps
-no job history there, so it holds unfinished jobs only. `failover --with-spool` copies
+Spool: a cupsd's RequestRoot is the node's spool directory. The cupsd keeps a bounded
+job history there (control files of finished jobs, `[node.cups] job_history` and
+`max_jobs`), and the documents of unfinished jobs only. `failover --with-spool` copies
 the failed server's into `var/spool-incoming/<server>/` on the BCS; once the BCS's cupsd
 serves, each unfinished job found there is resubmitted with `lp` (its title, user,
 copies and job options; documents in order) and its files kept in

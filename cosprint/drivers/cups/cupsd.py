@@ -218,8 +218,12 @@ class Cupsd(NodeFiles):
             "WebInterface No",
             "ErrorPolicy retry-job",
             "JobRetryInterval 5",
-            # Unfinished jobs only in the spool: what --with-spool hands over.
-            "PreserveJobHistory No",
+            # A bounded job history, so that a client polls its job to completion
+            # (Get-Job-Attributes, `lp -w`): each finished job's attributes for a day,
+            # at most MaxJobs jobs in all. Documents of unfinished jobs only: those are
+            # what --with-spool hands over (docs/architecture.md §2.6).
+            f"PreserveJobHistory {s.job_history}",
+            f"MaxJobs {s.max_jobs}",
             "PreserveJobFiles No",
             # Configuration and job files written at once, not 30 s later: a crash
             # loses neither an lpadmin change nor an accepted job.
