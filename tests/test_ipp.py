@@ -205,10 +205,15 @@ def test_ipp_clients_see_one_print_service_through_failover_reclaim_and_failback
     client = PollingClient(client_conf, "q-srv1-0002", document)
     client.start()
     client.wait_completed(3)
+    # Jobs a user sent to a stopped printer wait in srv1's spool when it dies: the
+    # failover hands them to bcs1, which prints each once.
+    cups_cmd(c, "srv1", "cupsdisable", "prn-srv1-0009")
+    for n in range(3):
+        cups_cmd(c, "cl1", "lp", "-d", "q-srv1-0009", "-t", f"spooled-{n}", str(document))
     with client.between_jobs():
         c.local.kill("srv1")
-    run = c.wait(trigger.run(c.engine, FAILOVER, FailoverRequest(server="srv1", to="bcs1"),
-                             "test").run_id)
+    run = c.wait(trigger.run(c.engine, FAILOVER, FailoverRequest(
+        server="srv1", to="bcs1", with_spool=True), "test").run_id)
     assert run["state"] == "succeeded", run["error"]
     assert server_of(client_conf)[1] == c.domain.node("bcs1").port  # re-pointed
     client.wait_completed(3)
@@ -253,6 +258,7 @@ def test_ipp_clients_see_one_print_service_through_failover_reclaim_and_failback
     assert client.refused > 0  # the outage was real: the client retried
     assert {s for _, _, s in client.accepted} == set(server.values())
     assert printed["held-job"] == 0
+    assert [printed[f"spooled-{n}"] for n in range(3)] == [1, 1, 1], printed
 
     ARTIFACTS.mkdir(parents=True, exist_ok=True)
     lines = [f"{where}: " + ", ".join(f"{f} {n.get('PASS', 0)} pass / {n.get('FAIL', 0)} fail"
