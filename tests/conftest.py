@@ -35,7 +35,7 @@ from cosfail.launcher.demo_domain import init_demo
 from cosfail.launcher.hosts import sshd_config
 from cosfail.launcher.local import LocalDomain, LoopbackRedis, free_port, pid_alive
 from cosfail.launcher.postgres import LocalPostgres
-from cosfail.workers.app import configure
+from cosfail.workers.app import PROBE_TASK, configure
 from cosfail.workflows import trigger
 from cosfail.workflows.backup import BACKUP, BackupRequest
 from cosfail.workflows.engine import Engine, wait_for
@@ -434,7 +434,7 @@ def flower() -> Iterator:  # type: ignore[type-arg]
             assert time.time() < deadline, f"Flower did not answer: {comp.log}"
             time.sleep(0.1)
         node = cluster.domain.names()[0]
-        while not server.tasks(taskname="cosfail.node.probe"):
+        while not server.tasks(taskname=PROBE_TASK):
             assert time.time() < deadline, f"Flower receives no task events: {comp.log}"
             probe_all(cluster.domain, [node], timeout=2.0)
             time.sleep(0.2)
@@ -457,6 +457,16 @@ def wait_until(what: Callable[[], T], timeout: float = 30.0, why: str = "conditi
         if time.monotonic() > deadline:
             raise AssertionError(f"{why}: still not true after {timeout:g} s")
         time.sleep(poll)
+
+
+def cups_tool(c: Cluster, node: str, *args: str, check: bool = True) -> str:
+    """A CUPS command (lp, lpstat, lpadmin, ...) as `node` runs it: against its cupsd,
+    or the one its client.conf names."""
+    done = subprocess.run(list(args), capture_output=True, text=True, timeout=30,  # noqa: S603
+                          env=c.driver(node).client_env())
+    if check:
+        assert done.returncode == 0, f"{args}: {done.stderr}"
+    return done.stdout + done.stderr
 
 
 class IppDevice:
@@ -490,16 +500,17 @@ class IppDevice:
              "-d", str(spool), "-c", str(command), "-f", "text/plain,application/octet-stream",
              "cosfail test device"],
             stdout=log, stderr=log, env={**os.environ, "DBUS_SYSTEM_BUS_ADDRESS": bus}))
-        deadline = time.time() + timeout
-        while True:
+
+        def answers() -> bool:
             assert self.procs[-1].poll() is None, \
                 f"ippeveprinter exited: {(self.workdir / 'ippeveprinter.log').read_text()}"
             try:
                 socket.create_connection(("127.0.0.1", self.port), timeout=0.5).close()
-                return
             except OSError:
-                assert time.time() < deadline, f"ippeveprinter does not answer on {self.port}"
-                time.sleep(0.05)
+                return False
+            return True
+
+        wait_until(answers, timeout, f"ippeveprinter on port {self.port}")
 
     def printed(self) -> Counter[str]:
         """How many times the device printed each job name."""

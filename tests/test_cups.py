@@ -18,7 +18,7 @@ from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
-from conftest import wait_until
+from conftest import cups_tool, wait_until
 from cosfail.cosprint import tables
 from cosfail.cosprint.drivers.cups import UNFINISHED, CupsError, read_job
 from cosfail.workflows import trigger
@@ -40,16 +40,6 @@ def _cups_installed() -> None:
 
 
 # ----- reading CUPS as its users do ------------------------------------------------------
-def cups(c, node: str, *args: str, check: bool = True) -> str:  # type: ignore[no-untyped-def]
-    """A CUPS command against `node`'s cupsd, as a client of it."""
-    d = c.driver(node)
-    done = subprocess.run(list(args), capture_output=True, text=True, timeout=30,  # noqa: S603
-                          env=d.client_env())
-    if check:
-        assert done.returncode == 0, f"{args}: {done.stderr}"
-    return done.stdout + done.stderr
-
-
 VOLATILE = re.compile(r" ?(printer-state-change-time|printer-uri-supported)=\S+")
 
 
@@ -57,11 +47,11 @@ def config(c, node: str) -> dict[str, object]:  # type: ignore[no-untyped-def]
     """`lpstat -p -a -c -v -d` (enabled, accepting, class members, device URIs, default)
     and `lpoptions -p D` of every destination, without the times and the server's own URI
     (which differ between two servers serving the same objects)."""
-    dests = cups(c, node, "lpstat", "-e", check=False).split()
-    lpstat = cups(c, node, "lpstat", "-p", "-a", "-c", "-v", "-d", check=False)
+    dests = cups_tool(c, node, "lpstat", "-e", check=False).split()
+    lpstat = cups_tool(c, node, "lpstat", "-p", "-a", "-c", "-v", "-d", check=False)
     lpstat = re.sub(r" since .*", "", lpstat)
     return {"lpstat": lpstat.splitlines(),
-            "lpoptions": {d: VOLATILE.sub("", cups(c, node, "lpoptions", "-p", d)).split()
+            "lpoptions": {d: VOLATILE.sub("", cups_tool(c, node, "lpoptions", "-p", d)).split()
                           for d in dests}}
 
 
@@ -129,30 +119,30 @@ def test_failover_carries_every_cups_object_loses_no_job_and_failback_restores_c
     c.settle()
     # An administrator's changes made with lpadmin on the server's cupsd, after the
     # tables were written: the backup captures them through IPP.
-    cups(c, "srv1", "lpadmin", "-p", "prn-srv1-0001", "-o", "sides-default=two-sided-long-edge",
-         "-L", "Building A, floor 2, room 2.01 (moved)")
-    cups(c, "srv1", "lpadmin", "-p", "prn-admin", "-E", "-v",
-         "cosfail-sink:socket://10.9.9.9:9100", "-o", "duplex-default=yes")
-    cups(c, "srv1", "lpadmin", "-p", "prn-admin", "-c", "q-admin")
-    cups(c, "srv1", "lpadmin", "-p", "q-admin", "-E")
+    cups_tool(c, "srv1", "lpadmin", "-p", "prn-srv1-0001", "-o",
+              "sides-default=two-sided-long-edge", "-L", "Building A, floor 2, room 2.01 (moved)")
+    cups_tool(c, "srv1", "lpadmin", "-p", "prn-admin", "-E", "-v",
+              "cosfail-sink:socket://10.9.9.9:9100", "-o", "duplex-default=yes")
+    cups_tool(c, "srv1", "lpadmin", "-p", "prn-admin", "-c", "q-admin")
+    cups_tool(c, "srv1", "lpadmin", "-p", "q-admin", "-E")
     c.backup()
     before = config(c, "srv1")
     for name in ("prn-admin", "q-admin"):
         assert name in before["lpoptions"], before
     assert "sides=two-sided-long-edge" in before["lpoptions"]["prn-srv1-0001"]
     assert "system default destination: q-srv1-0001" in before["lpstat"]
-    assert cups(c, "bcs1", "lpstat", "-e", check=False).split() == []
+    assert cups_tool(c, "bcs1", "lpstat", "-e", check=False).split() == []
 
     # A user prints from cl1 all along; prn-srv1-0002 is stopped on srv1, so the jobs of
     # its class wait in srv1's spool when srv1 dies.
-    cups(c, "srv1", "cupsdisable", "prn-srv1-0002")
+    cups_tool(c, "srv1", "cupsdisable", "prn-srv1-0002")
     client = Client(c, "cl1", ["q-srv1-0002", "q-srv1-0003"])
     client.start()
     client.wait_accepted(8)
     with client.between_jobs():
         # Between two jobs, once srv1 prints nothing: a job in the middle of printing
         # when a server dies may print twice (once there, again where it is resubmitted).
-        wait_until(lambda: "q-srv1-0003" not in cups(c, "srv1", "lpstat", "-o"), 10, "idle")
+        wait_until(lambda: "q-srv1-0003" not in cups_tool(c, "srv1", "lpstat", "-o"), 10, "idle")
         time.sleep(0.2)
         c.local.kill("srv1")
     killed_at = time.time()
@@ -182,7 +172,7 @@ def test_failover_carries_every_cups_object_loses_no_job_and_failback_restores_c
     assert all(on_bcs[t] == 1 for ts, t, _ in client.accepted if ts > killed_at)
     assert client.refused > 0  # the outage was real; the client retried
     # Every printer, class, default and option of srv1 is on bcs1's cupsd.
-    wait_until(lambda: "now printing" not in cups(c, "bcs1", "lpstat", "-p"), 30, "idle")
+    wait_until(lambda: "now printing" not in cups_tool(c, "bcs1", "lpstat", "-p"), 30, "idle")
     assert config(c, "bcs1") == before
     resubmitted = (c.domain.home("bcs1") / "var" / "spool-resubmitted" / "srv1"
                    / "resubmitted.jsonl").read_text().splitlines()
@@ -194,12 +184,12 @@ def test_failover_carries_every_cups_object_loses_no_job_and_failback_restores_c
     # then its worker, whose start-up reclaims it as a slave that serves nothing.
     c.driver("srv1").start()
     assert c.driver("srv1").status().role == "stale"
-    refused = cups(c, "srv1", "lp", "-d", "q-srv1-0003", "/etc/hostname", check=False)
+    refused = cups_tool(c, "srv1", "lp", "-d", "q-srv1-0003", "/etc/hostname", check=False)
     assert "not accepting jobs" in refused, refused
     c.restart_worker("srv1")
     reclaim = wait_run(c, "reclaim")
     assert reclaim["state"] == "succeeded", reclaim["error"]
-    assert cups(c, "srv1", "lpstat", "-e", check=False).split() == []
+    assert cups_tool(c, "srv1", "lpstat", "-e", check=False).split() == []
     quarantine = c.domain.home("srv1") / "var" / "reclaimed" / "1" / "spool"
     assert {p.name for p in quarantine.iterdir()} >= {j.control.name for j in pending}
     # bcs1 printed them from the hand-over: reclaim sends none of them again, and says
@@ -213,8 +203,8 @@ def test_failover_carries_every_cups_object_loses_no_job_and_failback_restores_c
     run = c.wait(run_id)
     assert run["state"] == "succeeded", run["error"]
     assert config(c, "srv1") == before
-    assert cups(c, "bcs1", "lpstat", "-e", check=False).split() == []
-    out = cups(c, "cl1", "lp", "-d", "q-admin", "-t", "after-failback", "/etc/hostname")
+    assert cups_tool(c, "bcs1", "lpstat", "-e", check=False).split() == []
+    out = cups_tool(c, "cl1", "lp", "-d", "q-admin", "-t", "after-failback", "/etc/hostname")
     assert "request id is q-admin-" in out
     assert c.wait_printed("srv1", "after-failback")
     # The returning srv1 never printed the jobs it had when it died: bcs1 did, once.
@@ -231,9 +221,9 @@ def test_unsupported_or_malformed_cups_objects_are_named_and_nothing_changes(mak
     before = config(c, "srv1")
 
     # In CUPS: a class of two printers (a queue names one), a user allow-list.
-    cups(c, "srv1", "lpadmin", "-p", "prn-srv1-0001", "-c", "q-two")
-    cups(c, "srv1", "lpadmin", "-p", "prn-srv1-0002", "-c", "q-two")
-    cups(c, "srv1", "lpadmin", "-p", "prn-srv1-0003", "-u", "allow:alice")
+    cups_tool(c, "srv1", "lpadmin", "-p", "prn-srv1-0001", "-c", "q-two")
+    cups_tool(c, "srv1", "lpadmin", "-p", "prn-srv1-0002", "-c", "q-two")
+    cups_tool(c, "srv1", "lpadmin", "-p", "prn-srv1-0003", "-u", "allow:alice")
     run_id = trigger.run(c.engine, BACKUP, BackupRequest(), "test",
                          "with unsupported objects").run_id
     run = c.wait(run_id)
@@ -243,9 +233,9 @@ def test_unsupported_or_malformed_cups_objects_are_named_and_nothing_changes(mak
     assert "requesting-user-name-allowed" in run["error"], run["error"]
     assert c.digest("srv1") == digest
     assert sorted(p.name for p in c.domain.backup_area("bcs1").glob("*.snap")) == snapshots
-    assert "members of class q-two:" in cups(c, "srv1", "lpstat", "-c", "q-two")
-    cups(c, "srv1", "lpadmin", "-x", "q-two")
-    cups(c, "srv1", "lpadmin", "-p", "prn-srv1-0003", "-u", "allow:all")
+    assert "members of class q-two:" in cups_tool(c, "srv1", "lpstat", "-c", "q-two")
+    cups_tool(c, "srv1", "lpadmin", "-x", "q-two")
+    cups_tool(c, "srv1", "lpadmin", "-p", "prn-srv1-0003", "-u", "allow:all")
     assert config(c, "srv1") == before
 
     # In the tables: rows CUPS cannot take. Starting COSprint refuses, naming each one,

@@ -15,6 +15,7 @@ import httpx
 import pytest
 from conftest import ARTIFACTS, Cluster, FlowerServer
 from cosfail.cosprint.designation import Designation
+from cosfail.workers.app import PROBE_TASK
 from cosfail.workflows import trigger
 from cosfail.workflows.failover import FAILOVER
 from cosfail.workflows.plan import FailoverRequest
@@ -121,7 +122,7 @@ def test_flower_needs_credentials_and_lists_each_step_with_run_step_and_node(
     r = fl.client.post(f"/cosfail/retry/{failed.task_id}",
                        headers={"Origin": "http://elsewhere.example"})
     assert r.status_code == 403 and restore_row(c, run_id).state == "failed"
-    probe = next(iter(fl.tasks(taskname="cosfail.node.probe")))
+    probe = next(iter(fl.tasks(taskname=PROBE_TASK)))
     assert fl.client.post(f"/cosfail/retry/{probe}").status_code == 404
 
     # Fix the fault, then re-apply the failed step through Flower's own API with its

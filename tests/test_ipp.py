@@ -19,7 +19,7 @@ from pathlib import Path
 
 import cups
 import pytest
-from conftest import ARTIFACTS, wait_until
+from conftest import ARTIFACTS, cups_tool, wait_until
 from cosfail.workflows import trigger
 from cosfail.workflows.failover import FAILOVER
 from cosfail.workflows.plan import FailoverRequest, MoveRequest
@@ -169,13 +169,6 @@ class PollingClient(threading.Thread):
         assert self.is_alive(), "the polling client died"
 
 
-def cups_cmd(c, node: str, *args: str, check: bool = True) -> str:  # type: ignore[no-untyped-def]
-    done = subprocess.run(list(args), capture_output=True, text=True, timeout=30,  # noqa: S603
-                          env=c.driver(node).client_env())
-    assert done.returncode == 0 or not check, f"{args}: {done.stderr}"
-    return done.stdout + done.stderr
-
-
 def open_to_cups_user(path: Path) -> None:
     """cupsd runs a backend such as ipp as its User (lp), which must reach the node's
     ServerBin: pytest makes its temporary directories 0700 (the sink backend of the
@@ -207,28 +200,28 @@ def test_ipp_clients_see_one_print_service_through_failover_reclaim_and_failback
     client.wait_completed(3)
     # Jobs a user sent to a stopped printer wait in srv1's spool when it dies: the
     # failover hands them to bcs1, which prints each once.
-    cups_cmd(c, "srv1", "cupsdisable", "prn-srv1-0009")
+    cups_tool(c, "srv1", "cupsdisable", "prn-srv1-0009")
     for n in range(3):
-        cups_cmd(c, "cl1", "lp", "-d", "q-srv1-0009", "-t", f"spooled-{n}", str(document))
+        cups_tool(c, "cl1", "lp", "-d", "q-srv1-0009", "-t", f"spooled-{n}", str(document))
     with client.between_jobs():
         c.local.kill("srv1")
     run = c.wait(trigger.run(c.engine, FAILOVER, FailoverRequest(
         server="srv1", to="bcs1", with_spool=True), "test").run_id)
     assert run["state"] == "succeeded", run["error"]
-    assert server_of(client_conf)[1] == c.domain.node("bcs1").port  # re-pointed
+    assert c.driver("cl1").points_at() == "bcs1"  # re-pointed
     client.wait_completed(3)
     report["bcs1, after failover"] = conformance(server["bcs1"], document, "bcs1 after failover")
 
     # The job history a client polls: a job completed on bcs1 is still known there, and
     # lpstat shows it; a held job is listed, cancelled, and never reaches the device.
-    completed = cups_cmd(c, "cl1", "lpstat", "-W", "completed", "-o", "q-srv1-0002")
+    completed = cups_tool(c, "cl1", "lpstat", "-W", "completed", "-o", "q-srv1-0002")
     assert completed.count("q-srv1-0002-") >= 3, completed
-    held = cups_cmd(c, "cl1", "lp", "-d", "q-srv1-0003", "-H", "hold", "-t", "held-job",
-                    str(document))
+    held = cups_tool(c, "cl1", "lp", "-d", "q-srv1-0003", "-H", "hold", "-t", "held-job",
+                     str(document))
     job = re.search(r"request id is (\S+) ", held).group(1)  # type: ignore[union-attr]
-    assert job in cups_cmd(c, "cl1", "lpstat", "-o")
-    cups_cmd(c, "cl1", "cancel", job)
-    assert job not in cups_cmd(c, "cl1", "lpstat", "-o")
+    assert job in cups_tool(c, "cl1", "lpstat", "-o")
+    cups_tool(c, "cl1", "cancel", job)
+    assert job not in cups_tool(c, "cl1", "lpstat", "-o")
 
     # srv1 returns and is reclaimed as a slave: bcs1 serves on, unchanged.
     c.driver("srv1").start()
@@ -241,7 +234,7 @@ def test_ipp_clients_see_one_print_service_through_failover_reclaim_and_failback
     with client.between_jobs():
         run = c.wait(trigger.run(c.engine, FAILBACK, MoveRequest("srv1"), "test").run_id)
         assert run["state"] == "succeeded", run["error"]
-    assert server_of(client_conf)[1] == c.domain.node("srv1").port
+    assert c.driver("cl1").points_at() == "srv1"
     client.wait_completed(3)
     client.halt.set()
     client.join(timeout=30)

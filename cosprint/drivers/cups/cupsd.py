@@ -219,9 +219,9 @@ class Cupsd(NodeFiles):
             "ErrorPolicy retry-job",
             "JobRetryInterval 5",
             # A bounded job history, so that a client polls its job to completion
-            # (Get-Job-Attributes, `lp -w`): each finished job's attributes for a day,
-            # at most MaxJobs jobs in all. Documents of unfinished jobs only: those are
-            # what --with-spool hands over (docs/architecture.md §2.6).
+            # (Get-Job-Attributes): each finished job's attributes for job_history
+            # seconds, at most max_jobs jobs in all. Documents of unfinished jobs only:
+            # those are what --with-spool hands over (docs/architecture.md §1.3).
             f"PreserveJobHistory {s.job_history}",
             f"MaxJobs {s.max_jobs}",
             "PreserveJobFiles No",
